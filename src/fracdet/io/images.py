@@ -1,0 +1,341 @@
+"""Reading X-ray images into one pixel convention.
+
+Pixel convention (the only one used anywhere in fracdet): an :class:`XRay` holds a
+``float32`` array of shape ``(H, W)`` with values in ``[0, 1]``, where **bone is
+bright**, exactly as an X-ray viewer displays the film. Colour files are reduced to
+luminance (ITU-R 601 weights), alpha is composited over black, 16-bit files are
+scaled by their bit depth (``/65535``), and the EXIF orientation is applied so the
+array is upright as displayed.
+
+:func:`read_image` never lets a raw Pillow traceback escape: every failure is an
+:class:`~fracdet.errors.ImageReadError` whose message is ``"<path>: <reason>"`` on
+one line. Other formats (e.g. DICOM) plug in via :func:`register_reader`; registered
+readers are tried, in registration order, before the built-in Pillow reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from fracdet.errors import ImageReadError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MIN_SIDE",
+    "XRay",
+    "is_image_file",
+    "iter_image_files",
+    "read_image",
+    "register_reader",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
+)
+MIN_SIDE = 16
+"""Images with either side below this many pixels are rejected."""
+
+_HEAD_BYTES = 132
+_TRUNCATED_LOCK = threading.Lock()
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass
+class XRay:
+    """One decoded radiograph.
+
+    ``pixels``: float32 ``(H, W)`` in ``[0, 1]``, bone bright. ``meta`` holds at least
+    ``original_size`` (full-resolution ``(W, H)`` in the returned orientation, even when
+    decoded at reduced scale), ``mode``, ``bit_depth``, ``format`` and ``truncated``.
+    """
+
+    pixels: np.ndarray
+    path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    name: str
+    can_read: Callable[[Path, bytes], bool]
+    read: Callable[[Path, int | None], XRay]
+
+
+_READERS: list[_Reader] = []
+
+
+def register_reader(
+    name: str,
+    can_read: Callable[[Path, bytes], bool],
+    read: Callable[[Path, int | None], XRay],
+) -> None:
+    """Register a reader tried before Pillow; re-registering ``name`` replaces it.
+
+    ``can_read(path, head)`` receives the path and the file's first 132 bytes;
+    ``read(path, min_size)`` returns an :class:`XRay` in the package convention.
+    """
+    _READERS[:] = [r for r in _READERS if r.name != name]
+    _READERS.append(_Reader(name, can_read, read))
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Yield files as given (any extension) and image files found under folders.
+
+    Folders are walked recursively in sorted order; hidden files and folders are
+    skipped. Given files are yielded even if missing or not images, so the caller
+    can report them.
+    """
+    for item in paths:
+        p = Path(item)
+        if not p.is_dir():
+            yield p
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and is_image_file(name):
+                    yield Path(dirpath) / name
+
+
+def read_image(path: str | Path, min_size: int | None = None) -> XRay:
+    """Read one image file as an :class:`XRay` (see the module docstring).
+
+    ``min_size``: the caller needs the shorter side to be at least this many pixels;
+    large JPEGs are then decoded at a reduced scale (much faster), never below it.
+    Raises :class:`ImageReadError` on any failure.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "file not found")
+    if p.is_dir():
+        raise ImageReadError(p, "is a folder, not an image file")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ImageReadError(p, f"cannot open file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageReadError(p, "empty file (0 bytes)")
+
+    for reader in _READERS:
+        try:
+            accepted = bool(reader.can_read(p, head))
+        except Exception as exc:  # a broken plug-in must not break reading
+            logger.debug("reader %s: can_read failed on %s: %s", reader.name, p, exc)
+            accepted = False
+        if accepted:
+            try:
+                xray = reader.read(p, min_size)
+            except ImageReadError:
+                raise
+            except Exception as exc:
+                raise ImageReadError(p, f"{reader.name} reader failed: {_one_line(exc)}") from None
+            _check_size(p, xray.meta.get("original_size", xray.pixels.shape[::-1]))
+            return xray
+    return _read_pil(p, min_size, head)
+
+
+# ----------------------------------------------------------------------------- Pillow
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _check_size(p: Path, size: tuple[int, int]) -> None:
+    w, h = int(size[0]), int(size[1])
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(
+            p, f"image too small ({w}x{h} px; each side must be at least {MIN_SIDE} px)"
+        )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _unidentified_reason(p: Path, head: bytes) -> str:
+    ext = p.suffix.lower() or "(no extension)"
+    if p.suffix.lower() == ".dcm":
+        return "DICOM file but no DICOM reader is available"
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        kind = "text, not image data" if _looks_like_text(head) else "not valid image data"
+        return f"corrupt or not an image: '{ext}' file contains {kind}"
+    kind = "a text file" if _looks_like_text(head) else "not a recognised image"
+    supported = ", ".join(sorted(IMAGE_EXTENSIONS))
+    return f"unsupported file type '{ext}': {kind} (supported: {supported})"
+
+
+def _open(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict[str, Any]]:
+    try:
+        im = Image.open(p)
+    except UnidentifiedImageError:
+        raise ImageReadError(p, _unidentified_reason(p, head)) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(p, f"image too large: {_one_line(exc)}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
+    meta: dict[str, Any] = {
+        "format": im.format,
+        "mode": im.mode,
+        "stored_size": im.size,
+        "frames": getattr(im, "n_frames", 1),
+    }
+    _check_size(p, im.size)
+    if min_size and im.format == "JPEG":
+        target = max(int(min_size), MIN_SIDE)
+        w, h = im.size
+        if min(w, h) >= 2 * target:
+            scale = target / min(w, h)
+            req = (max(target, math.ceil(w * scale)), max(target, math.ceil(h * scale)))
+            try:
+                im.draft("L", req)
+            except (OSError, ValueError) as exc:  # pragma: no cover - best effort
+                logger.debug("draft failed on %s: %s", p, exc)
+    return im, meta
+
+
+def _load(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict[str, Any]]:
+    """Open and fully decode; retry truncated files with truncated loading allowed."""
+    im, meta = _open(p, head, min_size)
+    try:
+        im.load()
+        meta["truncated"] = False
+        return im, meta
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" not in msg and "broken data stream" not in msg:
+            im.close()
+            raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
+    except (ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        im.close()
+        raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
+    # Truncated: reopen and decode what is present. The flag is module-global in
+    # Pillow, so it is flipped only under a lock and always restored.
+    im.close()
+    im, meta = _open(p, head, min_size)
+    with _TRUNCATED_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            im.load()
+        except Exception as exc:
+            raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    warnings.warn(f"{p}: truncated image, decoded what was present", stacklevel=3)
+    meta["truncated"] = True
+    return im, meta
+
+
+def _to_float(im: Image.Image) -> tuple[np.ndarray, int]:
+    """Convert a decoded image to float32 luminance in [0, 1]; returns (array, bits)."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return np.asarray(im, dtype=np.float32) / 65535.0, 16
+    if mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo >= 0 and hi <= 65535:
+            return (a / 65535.0).astype(np.float32), 16
+        return _minmax(a), 32
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            return a.astype(np.float32), 32
+        return _minmax(a), 32
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, 1
+    if mode == "L":
+        return np.asarray(im, dtype=np.float32) / 255.0, 8
+    if mode == "P":
+        has_alpha = "transparency" in im.info or (
+            im.palette is not None and im.palette.mode == "RGBA"
+        )
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        mode = im.mode
+    if mode in ("LA", "La", "PA"):
+        la = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
+        return la[..., 0] * la[..., 1], 8
+    if mode not in ("RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in mode else "RGB")  # CMYK, YCbCr, LAB, RGBX, ...
+        mode = im.mode
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    lum = a[..., :3] @ _LUMA
+    if mode == "RGBA":
+        lum = lum * a[..., 3]
+    return lum, 8
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.float32)
+    return ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+def _read_pil(p: Path, min_size: int | None, head: bytes) -> XRay:
+    im, meta = _load(p, head, min_size)
+    try:
+        orientation = 1
+        try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # malformed EXIF: ignore orientation
+            orientation = 1
+        decoded_size = im.size
+        if orientation != 1:
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception as exc:
+                reason = _one_line(exc)
+                warnings.warn(f"{p}: ignoring unreadable EXIF orientation ({reason})", stacklevel=3)
+                orientation = 1
+        try:
+            pixels, bits = _to_float(im)
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
+            reason = f"unsupported pixel format '{im.mode}' ({_one_line(exc)})"
+            raise ImageReadError(p, reason) from None
+    finally:
+        im.close()
+    pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+    if pixels.ndim != 2:
+        raise ImageReadError(p, f"unsupported pixel layout (array shape {pixels.shape})")
+    w, h = meta.pop("stored_size")
+    swapped = orientation in (5, 6, 7, 8)
+    meta.update(
+        original_size=(h, w) if swapped else (w, h),
+        bit_depth=bits,
+        orientation=orientation,
+        scale=pixels.shape[0] / (w if swapped else h),
+    )
+    if decoded_size != (w, h):
+        logger.debug("%s: decoded at reduced scale %s from %s", p, decoded_size, (w, h))
+    return XRay(pixels=pixels, path=str(p), meta=meta)

@@ -1,0 +1,103 @@
+"""Tests for fracdet.data.splits: fractions, stratification, groups, reproducibility."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fracdet.data import Dataset, Sample, assert_no_group_leakage, split_dataset
+from fracdet.errors import DatasetError
+
+
+def _dataset(tmp_path: Path, n: int = 200, pos_every: int = 4, group_size: int = 1) -> Dataset:
+    """``n`` tiny files with distinct bytes; every ``pos_every``-th is fractured."""
+    samples = []
+    for i in range(n):
+        p = tmp_path / f"img{i:04d}.png"
+        p.write_bytes(f"unique-{i}".encode())
+        group = f"g{i // group_size}" if group_size > 1 else None
+        samples.append(Sample(path=p, label=int(i % pos_every == 0), group=group))
+    return Dataset(samples, tmp_path, "class-folders")
+
+
+def _assignment(ds: Dataset) -> dict[str, str | None]:
+    return {s.path.name: s.split for s in ds.samples}
+
+
+def test_fractions_and_stratification(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    out = split_dataset(ds)
+    counts = Counter(s.split for s in out.samples)
+    assert counts == {"train": 140, "val": 30, "test": 30}
+    pos = Counter(s.split for s in out.samples if s.label == 1)
+    assert abs(pos["train"] - 35) <= 1
+    assert abs(pos["val"] - 7.5) <= 1 and abs(pos["test"] - 7.5) <= 1
+    assert all(s.split is None for s in ds.samples)  # input untouched
+    assert out.layout == ds.layout and out.has_splits()
+
+
+def test_groups_never_split(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, n=210, group_size=3)
+    out = split_dataset(ds, seed=7)
+    assert_no_group_leakage(out)
+    counts = Counter(s.split for s in out.samples)
+    assert abs(counts["train"] - 147) <= 3 and abs(counts["val"] - 31.5) <= 3
+
+
+def test_duplicate_bytes_are_grouped(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    for i in range(1, 40, 2):  # make pairs of identical files
+        ds.samples[i].path.write_bytes(ds.samples[i - 1].path.read_bytes())
+    for seed in range(5):
+        out = split_dataset(ds, seed=seed)
+        by_name = _assignment(out)
+        for i in range(1, 40, 2):
+            assert by_name[f"img{i:04d}.png"] == by_name[f"img{i - 1:04d}.png"]
+        assert_no_group_leakage(out)
+
+
+def test_reproducible_and_order_independent(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    a = _assignment(split_dataset(ds, seed=3))
+    shuffled = list(ds.samples)
+    random.Random(0).shuffle(shuffled)
+    b = _assignment(split_dataset(Dataset(shuffled, ds.root, ds.layout), seed=3))
+    assert a == b
+    assert a != _assignment(split_dataset(ds, seed=4))
+
+
+def test_existing_splits_kept_or_resplit(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, n=60)
+    for i, s in enumerate(ds.samples):
+        s.split = ("train", "val", "test")[i % 3]
+    assert split_dataset(ds) is ds
+    out = split_dataset(ds, resplit=True)
+    assert Counter(s.split for s in out.samples) == {"train": 42, "val": 9, "test": 9}
+
+
+def test_val_carved_out_of_train(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, n=100)
+    for i, s in enumerate(ds.samples):
+        s.split = "test" if i < 20 else "train"
+    out = split_dataset(ds)
+    counts = Counter(s.split for s in out.samples)
+    assert counts["test"] == 20
+    assert {s.path for s in out.by_split("test")} == {s.path for s in ds.samples[:20]}
+    assert abs(counts["val"] - 80 * 0.15 / 0.85) <= 1
+    assert any(s.label == 1 for s in out.by_split("val"))
+
+
+def test_leakage_detected(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, n=4)
+    for s, split in zip(ds.samples, ["train", "test", "train", "val"]):
+        s.group, s.split = "same", split
+    with pytest.raises(DatasetError, match="group 'same'"):
+        assert_no_group_leakage(ds)
+
+
+def test_bad_fractions(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError):
+        split_dataset(_dataset(tmp_path, n=10), fractions=(0.0, 0.5, 0.5))
