@@ -1,0 +1,271 @@
+"""``fracdet`` command line: thin subcommands over the library.  Heavy imports are deferred
+into each command so ``fracdet --help`` starts fast.  Errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fracdet import __version__
+
+log = logging.getLogger("fracdet")
+MODEL_HELP = "model artifact (.fracdet); default: the model shipped with fracdet"
+
+
+def _setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("fracdet").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.captureWarnings(True)
+    import warnings
+
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}"  # type: ignore[assignment]
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+# ---------------------------------------------------------------- train
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a classifier (two phases) and write a run folder with the model")
+    p.add_argument("data", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
+    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
+    p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
+    p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
+    p.add_argument("--weights", help="local ImageNet weights (timm state dict) for the backbone")
+    p.add_argument("--resplit", action="store_true", help="merge the given splits and re-split group-aware 70/15/15")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs1", dest="phase1_epochs", type=int, help="phase 1 (frozen backbone) epochs")
+    p.add_argument("--epochs2", dest="phase2_epochs", type=int, help="phase 2 (fine-tuning) epochs")
+    p.add_argument("--head-lr", type=float)
+    p.add_argument("--backbone-lr", type=float)
+    p.add_argument("--phase2-head-lr", type=float)
+    p.add_argument("--unfreeze-from", help="stage name to unfreeze from in phase 2 (default: all)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--scheduler", choices=["plateau", "cosine", "none"])
+    p.add_argument("--monitor", choices=["val_auroc", "val_loss"])
+    p.add_argument("--patience", type=int)
+    p.add_argument("--no-class-weighting", action="store_true")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--head-hidden", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    p.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees (0 = off)")
+    p.add_argument("--translate", type=float)
+    p.add_argument("--zoom", type=float)
+    p.add_argument("--no-hflip", action="store_true")
+    p.add_argument("--brightness", type=float)
+    p.add_argument("--contrast", type=float)
+    p.add_argument("--blur-p", type=float)
+    p.add_argument("--erasing-p", type=float)
+    p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
+    p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--strategy", help="lightning strategy: auto, ddp, ...")
+    p.add_argument("--precision")
+    p.add_argument("--limit-train-batches", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--limit-val-batches", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from fracdet.config import TrainConfig
+    from fracdet.train import train
+
+    cfg = TrainConfig(data=a.data, layout=a.layout, out=a.out)
+    for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
+                 "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
+                 "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
+                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights"):
+        if getattr(a, name) is not None:
+            setattr(cfg, name, getattr(a, name))
+    cfg.pretrained = not a.no_pretrained
+    cfg.resplit = a.resplit
+    cfg.class_weighting = not a.no_class_weighting
+    cfg.progress = not a.no_progress and sys.stderr.isatty()
+    aug = cfg.augment
+    aug.enabled = not a.no_augment
+    aug.hflip = not a.no_hflip
+    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p"):
+        if getattr(a, name) is not None:
+            setattr(aug, name, getattr(a, name))
+    result = train(cfg)
+    if result.artifact_path is None:
+        return 0  # a DDP worker rank: rank 0 reports
+    _print_run_summary(result)
+    return 0
+
+
+def _print_run_summary(result: Any) -> None:
+    from rich.console import Console
+
+    con = Console()
+    m = result.metrics
+    con.print(f"[bold]run folder[/]: {result.run_dir}")
+    con.print(f"[bold]model[/]: {result.artifact_path}")
+    for split in ("val", "test"):
+        if split in m:
+            s = m[split]
+            con.print(f"{split:>4}: AUROC {s['roc_auc']:.3f}  sensitivity {s['sensitivity']:.3f}  "
+                      f"specificity {s['specificity']:.3f}  (n={s['n']}, threshold {s['threshold']:.3f})")
+
+
+# ---------------------------------------------------------------- evaluate
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="clinical metrics of a model on labelled data (JSON, table, ROC, confusion)")
+    p.add_argument("data")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
+    p.add_argument("--split", default="auto", help="auto (test split), train, val, test or all")
+    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from fracdet.evaluate import evaluate
+
+    r = evaluate(a.data, a.model, out_dir=a.out, split=a.split, layout=a.layout, batch_size=a.batch_size)
+    print(f"evaluated on {r.split_note}\n")
+    print(r.table)
+    print(f"\n{r.metrics['classification_report']}")
+    print(f"written: {r.out_dir}/metrics.json, metrics.txt, roc_curve.png, confusion_matrix.png, predictions.csv")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="predict files or folders (recursively)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--out", help="write rows to FILE (.csv or .json)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from fracdet.io.images import iter_image_files
+    from fracdet.predict import load_model
+    from fracdet.report_io import PredictionWriter, progress_over
+
+    predictor = load_model(a.model)
+    files = list(iter_image_files(a.paths))
+    rows = []
+    with PredictionWriter(a.out) as writer:
+        stream = predictor.predict_paths(files, batch_size=a.batch_size)
+        for pred in progress_over(stream, "predicting", total=len(files)):
+            writer.add(pred)
+            rows.append(pred)
+    if not a.quiet:
+        _print_predictions(rows)
+    bad = sum(not r.ok for r in rows)
+    if not rows:
+        print("error: no image files found in " + ", ".join(a.paths), file=sys.stderr)
+        return 2
+    if bad:
+        print(f"{bad} of {len(rows)} file(s) could not be read (see the error column)", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _print_predictions(rows: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("path", "probability", "label", "threshold", "error")
+    for r in rows:
+        prob = f"{r.probability:.3f}" if r.probability is not None else ""
+        style = "red" if not r.ok else ("bold" if r.label == "fractured" else "")
+        table.add_row(str(r.path), prob, r.label or "", f"{r.threshold:.3f}", r.error or "", style=style)
+    Console(width=max(120, len(max((str(r.path) for r in rows), key=len, default="")) + 60)).print(table)
+
+
+# ---------------------------------------------------------------- models / info
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the registered architectures and whether ImageNet weights are available offline")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(a: argparse.Namespace) -> int:
+    from fracdet.models import get_spec, list_models
+    from fracdet.models.weights import pretrained_available
+
+    for name in list_models():
+        spec = get_spec(name)
+        avail = "yes" if pretrained_available(name) else "no (use --weights FILE or --no-pretrained)"
+        print(f"{name:<20} input {spec.input_size:>3}  ImageNet weights offline: {avail}")
+    return 0
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="describe a model artifact and the runtime")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from fracdet.artifact import default_model_path, load_artifact
+
+    art = load_artifact(a.model)
+    d = art.describe()
+    d.pop("training", None)
+    print(json.dumps({"model": str(a.model or default_model_path()), **d}, indent=2, default=str))
+    print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    return 0
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_predict, _add_models, _add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fracdet",
+        description="Fracture detection on bone radiographs: train, evaluate, predict. "
+                    "A research tool, not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"fracdet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fracdet`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from fracdet.errors import FracdetError
+
+    try:
+        return int(args.func(args) or 0)
+    except FracdetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if os.environ.get("FRACDET_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""``fracdet evaluate``: clinical metrics of a model on labelled data, as JSON, a readable
+table, and ROC / confusion-matrix figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fracdet.artifact import load_artifact
+from fracdet.calibration import calibrated_probability
+from fracdet.data.layouts import Dataset, Sample, load_dataset
+from fracdet.data.splits import split_dataset
+from fracdet.errors import DatasetError
+from fracdet.fsutil import write_json, write_text
+from fracdet.metrics import binary_metrics, classification_report, format_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]
+    table: str
+    out_dir: Path
+    split_note: str
+
+
+def write_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, threshold: float,
+                     labels: Sequence[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute the metrics and write metrics.json, metrics.txt, roc.png and confusion_matrix.png."""
+    from fracdet.plots import plot_confusion, plot_roc
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = binary_metrics(y, prob, threshold)
+    m["classification_report"] = classification_report(y, prob, threshold, list(labels))
+    if extra:
+        m.update(extra)
+    write_json(out / "metrics.json", m)
+    write_text(out / "metrics.txt", format_table(m) + "\n\n" + m["classification_report"])
+    if m["positives"] and m["negatives"]:
+        plot_roc(y, prob, m["roc_auc"], threshold, out / "roc_curve.png")
+    plot_confusion(m["confusion_matrix"], labels, out / "confusion_matrix.png")
+    return m
+
+
+def select_samples(ds: Dataset, split: str, training: dict[str, Any],
+                   data: dict[str, Any] | None = None) -> tuple[list[Sample], str]:
+    """The samples to evaluate and a sentence saying which and why."""
+    if split == "all":
+        return ds.samples, "all images"
+    if ds.has_splits():
+        name = "test" if split == "auto" else split
+        chosen = ds.by_split(name)
+        if not chosen:
+            raise DatasetError(f"{ds.root}: no images in split {name!r}")
+        return chosen, f"the {name!r} split of the data"
+    same = bool(data) and data.get("fingerprint") == ds.fingerprint()  # the model's own training data
+    if split != "auto" or same:
+        name = "test" if split == "auto" else split
+        fractions = tuple(training.get("fractions", (0.70, 0.15, 0.15)))
+        seed = int(training.get("seed", 42))
+        re = split_dataset(ds, fractions=fractions, seed=seed)  # type: ignore[arg-type]
+        why = "the model was trained on this data; " if same else ""
+        return re.by_split(name), f"{why}the {name!r} split re-derived with the training seed {seed}"
+    return ds.samples, "all images (the data has no split and is not the model's training data)"
+
+
+def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | Path = "evaluation",
+             split: str = "auto", layout: str = "auto", batch_size: int = 32) -> EvaluationResult:
+    """Evaluate a model artifact on labelled data and write the results to ``out_dir``."""
+    from fracdet.predict import Predictor, collect_logits
+
+    art = load_artifact(model)
+    predictor = Predictor(art)
+    ds = load_dataset(data, layout=layout)
+    samples, note = select_samples(ds, split, art.training, art.data)
+    logits, y, idx = collect_logits(predictor.model, samples, predictor.transform, batch_size)
+    if len(y) == 0:
+        raise DatasetError(f"{data}: no readable images to evaluate")
+    prob = calibrated_probability(logits, art.temperature)
+    skipped = len(samples) - len(y)
+    m = write_evaluation(out_dir, y, prob, art.threshold, art.labels,
+                         extra={"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default")})
+    _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold)
+    return EvaluationResult(m, format_table(m), Path(out_dir), note)
+
+
+def _write_predictions(path: Path, samples: list[Sample], y: np.ndarray, prob: np.ndarray, threshold: float) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "true_label", "probability", "predicted_label", "threshold", "region"])
+    for s, t, p in zip(samples, y, prob):
+        w.writerow([s.path, int(t), f"{p:.6f}", int(p >= threshold), threshold, s.region or ""])
+    write_text(path, buf.getvalue())

@@ -1,0 +1,58 @@
+"""Writing prediction rows (CSV/JSON, atomically) and progress bars for long batches."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+from fracdet.fsutil import write_text
+
+T = TypeVar("T")
+COLUMNS = ["path", "probability", "label", "threshold", "logit", "error"]
+
+
+class PredictionWriter:
+    """Collects rows and writes them as CSV or JSON (by extension) when the block ends."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.rows: list[dict[str, Any]] = []
+        if self.path and self.path.suffix.lower() not in (".csv", ".json"):
+            raise ValueError(f"{self.path}: --out must end in .csv or .json")
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def add(self, pred: Any) -> None:
+        self.rows.append(pred.to_row())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.path is None:
+            return
+        if self.path.suffix.lower() == ".json":
+            write_text(self.path, json.dumps(self.rows, indent=2) + "\n")
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
+
+
+def progress_over(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yield items while showing a rich progress bar on a terminal (nothing otherwise)."""
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn(description), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

@@ -1,0 +1,327 @@
+"""Two-phase transfer-learning training on Lightning: head first, then fine-tuning.
+
+Phase 1 trains the head with the backbone frozen; phase 2 unfreezes the backbone (all of it,
+or from a named stage on) with a lower learning rate than the head's.  Each phase has early
+stopping and keeps its best checkpoint.  The run folder gets the resolved config, the split,
+per-epoch metrics, curves, evaluation figures and the final artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from fracdet import __version__
+from fracdet.artifact import ModelArtifact, save_artifact
+from fracdet.calibration import calibrated_probability, expected_calibration_error, fit_temperature
+from fracdet.config import TrainConfig
+from fracdet.data.layouts import Dataset, load_dataset
+from fracdet.data.loader import make_loader
+from fracdet.data.splits import assert_no_group_leakage, split_dataset
+from fracdet.errors import DatasetError
+from fracdet.fsutil import write_json, write_text
+from fracdet.metrics import binary_metrics, youden_threshold
+from fracdet.models import FracNet, create_model
+from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
+
+log = logging.getLogger(__name__)
+RUN_DIR_ENV = "FRACDET_RUN_DIR"  # shared with DDP worker processes so all ranks use one folder
+# Phase 1 keeps the frozen backbone's BatchNorm in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+
+
+class FractureModule(L.LightningModule):
+    """Binary fracture classifier: BCE-with-logits loss, accuracy and AUROC per epoch."""
+
+    def __init__(self, model: FracNet, cfg: TrainConfig, pos_weight: float = 1.0, phase: str = "head") -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.phase = phase
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
+        self.train_acc = torchmetrics.classification.BinaryAccuracy()
+        self.val_acc = torchmetrics.classification.BinaryAccuracy()
+        self.val_auroc = torchmetrics.classification.BinaryAUROC()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weight)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        x, y, _ = batch
+        if len(x) == 0:
+            return None
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_acc.update(torch.sigmoid(logits), y.long())
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _ = batch
+        if len(x) == 0:
+            return
+        logits = self(x)
+        prob = torch.sigmoid(logits)
+        self.val_acc.update(prob, y.long())
+        self.val_auroc.update(prob, y.long())
+        self.log("val_loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=len(x))
+        self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(x))
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        if self.phase == "head":
+            groups = [{"params": self.model.head_parameters(), "lr": cfg.head_lr}]
+            epochs = cfg.phase1_epochs
+        else:
+            groups = [
+                {"params": [p for p in self.model.backbone_parameters() if p.requires_grad], "lr": cfg.backbone_lr},
+                {"params": self.model.head_parameters(), "lr": cfg.phase2_head_lr},
+            ]
+            epochs = cfg.phase2_epochs
+        name = cfg.optimizer.lower()
+        if name == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+        elif name == "adamw":
+            opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        elif name == "sgd":
+            opt = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        else:
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+        if cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+            return {"optimizer": opt, "lr_scheduler": sched}
+        if cfg.scheduler == "plateau":
+            mode = "max" if cfg.monitor == "val_auroc" else "min"
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.3, patience=1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": cfg.monitor}}
+        return opt
+
+
+class EpochTable(Callback):
+    """Collects one row of metrics per epoch across both phases; writes metrics.csv atomically."""
+
+    COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auroc", "lr"]
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]], phase: str) -> None:
+        self.path, self.rows, self.phase = path, rows, phase
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in self.COLUMNS}
+        lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
+        self.rows.append({"phase": self.phase, "epoch": len(self.rows), **m, "lr": lr})
+        lines = [",".join(self.COLUMNS)]
+        for r in self.rows:
+            lines.append(",".join(str(r.get(c, "")) for c in self.COLUMNS))
+        write_text(self.path, "\n".join(lines) + "\n")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    artifact_path: Path | None
+    metrics: dict[str, Any]
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    if os.environ.get(RUN_DIR_ENV) and "LOCAL_RANK" in os.environ:  # a DDP worker launched by rank 0
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model}-{stamp}"
+
+
+def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: list[dict[str, Any]]) -> L.Trainer:
+    mode = "max" if cfg.monitor == "val_auroc" else "min"
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename=f"{phase}-best", monitor=cfg.monitor, mode=mode,
+        save_top_k=1, save_weights_only=True, enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [
+        ckpt,
+        EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+        EpochTable(run_dir / "metrics.csv", rows, phase),
+    ]
+    if cfg.progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir / "logs", name=phase, version="")]
+    try:
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir / "logs", name=f"tb-{phase}", version=""))
+    except ModuleNotFoundError:
+        pass
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=cfg.accelerator,
+        devices=int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        deterministic=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def _load_best(module: FractureModule, trainer: L.Trainer) -> None:
+    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if path and Path(path).is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        log.info("restored best checkpoint %s", path)
+
+
+def prepare_data(cfg: TrainConfig) -> Dataset:
+    """Load the dataset and give it a leakage-free, group-aware split."""
+    ds = load_dataset(cfg.data, layout=cfg.layout)
+    ds = split_dataset(ds, fractions=cfg.fractions, seed=cfg.seed, resplit=cfg.resplit)
+    assert_no_group_leakage(ds)
+    for name in ("train", "val"):
+        labels = {s.label for s in ds.by_split(name)}
+        if len(labels) < 2:
+            raise DatasetError(f"{cfg.data}: the {name} split needs both classes, it has {sorted(labels) or 'none'}")
+    return ds
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run both phases and write the run folder; returns the artifact path (rank 0)."""
+    run_dir = _run_dir(cfg)
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ds = prepare_data(cfg)
+    model = create_model(cfg.model, pretrained=cfg.pretrained, head_hidden=cfg.head_hidden,
+                         dropout=cfg.dropout, weights_path=cfg.weights)
+    spec = spec_from_model(model.spec, resize=cfg.resize)
+    if cfg.input_size:
+        spec.input_size = int(cfg.input_size)
+    train_s, val_s, test_s = ds.by_split("train"), ds.by_split("val"), ds.by_split("test")
+    n_pos = sum(s.label for s in train_s)
+    pos_weight = (len(train_s) - n_pos) / max(n_pos, 1) if cfg.class_weighting else 1.0
+
+    is_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if is_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {**cfg.to_dict(), "resolved_input_size": spec.input_size})
+        ds.to_csv(run_dir / "split.csv")
+        log.info("run folder %s: train %d, val %d, test %d", run_dir, len(train_s), len(val_s), len(test_s))
+
+    train_loader = make_loader(train_s, build_transforms(spec, train=True, augment=cfg.augment),
+                               cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                               cache=cfg.cache_images, seed=cfg.seed)
+    val_loader = make_loader(val_s, build_transforms(spec), cfg.batch_size, num_workers=cfg.num_workers,
+                             cache=cfg.cache_images)
+    rows: list[dict[str, Any]] = []
+    module = FractureModule(model, cfg, pos_weight=pos_weight, phase="head")
+    for phase, epochs in (("head", cfg.phase1_epochs), ("finetune", cfg.phase2_epochs)):
+        if epochs <= 0:
+            continue
+        if phase == "head":
+            model.freeze_backbone()
+        else:
+            model.unfreeze_backbone(cfg.unfreeze_from)
+        module.phase = phase
+        trainer = _trainer(cfg, run_dir, phase, epochs, rows)
+        trainer.fit(module, train_loader, val_loader)
+        _load_best(module, trainer)
+    if not is_zero:
+        return TrainResult(run_dir, None, {})
+    return _finish_run(cfg, ds, model, spec, run_dir, rows)
+
+
+def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir: Path,
+                rows: list[dict[str, Any]]) -> TrainResult:
+    """Calibrate on validation, pick the threshold, evaluate, write figures and the artifact."""
+    from fracdet.evaluate import write_evaluation
+    from fracdet.modelcard import render_model_card
+    from fracdet.plots import plot_training_curves
+    from fracdet.predict import collect_logits
+
+    model.eval()
+    transform = build_transforms(spec)
+    val_logits, val_y, _ = collect_logits(model, ds.by_split("val"), transform, cfg.batch_size)
+    temperature = fit_temperature(val_logits, val_y)
+    val_prob = calibrated_probability(val_logits, temperature)
+    threshold = youden_threshold(val_y, val_prob)
+    metrics: dict[str, Any] = {
+        "val": binary_metrics(val_y, val_prob, threshold),
+        "calibration": {
+            "temperature": temperature,
+            "val_ece_before": expected_calibration_error(calibrated_probability(val_logits, 1.0), val_y),
+            "val_ece_after": expected_calibration_error(val_prob, val_y),
+        },
+    }
+    test_s = ds.by_split("test")
+    if test_s:
+        test_logits, test_y, _ = collect_logits(model, test_s, transform, cfg.batch_size)
+        test_prob = calibrated_probability(test_logits, temperature)
+        metrics["test"] = binary_metrics(test_y, test_prob, threshold)
+        write_evaluation(run_dir / "eval-test", test_y, test_prob, threshold, ["not fractured", "fractured"])
+    if rows:
+        plot_training_curves(rows, run_dir / "curves.png")
+    art = ModelArtifact(
+        architecture=cfg.model,
+        state_dict=model.state_dict(),
+        preprocess=spec,
+        model_config={"head_hidden": cfg.head_hidden, "dropout": cfg.dropout},
+        threshold=threshold,
+        threshold_rule="Youden's J (sensitivity + specificity − 1) maximised on the validation split, "
+                       "after temperature scaling fitted on the same split",
+        temperature=temperature,
+        training={**cfg.to_dict(), "epochs_run": len(rows), "fracdet_version": __version__},
+        data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv"},
+        metrics=metrics,
+    )
+    artifact_path = save_artifact(art, run_dir / "model.fracdet")
+    write_json(run_dir / "metrics.json", metrics)
+    write_text(run_dir / "model_card.md", render_model_card(art))
+    return TrainResult(run_dir, artifact_path, metrics)
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a run's metrics.csv back into rows (numbers as floats)."""
+    with open(path, newline="") as f:
+        out = []
+        for r in csv.DictReader(f):
+            out.append({k: (r[k] if k == "phase" else (float(r[k]) if r[k] not in ("", None) else None)) for k in r})
+        return out
+
+
+__all__ = ["AugmentConfig", "FractureModule", "TrainConfig", "TrainResult", "prepare_data", "train"]

@@ -1,0 +1,159 @@
+"""Preprocessing and augmentation as plain callables built from a model's spec.
+
+Input is always the package's pixel convention (see :mod:`fracdet.io.images`): a float32
+H×W array in [0, 1], bone bright.  Output is a float32 tensor C×S×S normalised with the
+model's own mean/std, ready for the network.  The same :class:`PreprocessSpec` is stored in
+every artifact, so prediction never depends on the training configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+@dataclass
+class PreprocessSpec:
+    """How raw pixels become a network input (stored in every artifact)."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channels: int = 3
+    resize: str = "letterbox"  # "letterbox" keeps the aspect ratio, pads with black; or "stretch"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            channels=int(d.get("channels", 3)),
+            resize=str(d.get("resize", "letterbox")),
+        )
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; every part can be switched off or tuned."""
+
+    rotation: float = 20.0  # degrees, ±
+    translate: float = 0.10  # fraction of the size
+    zoom: float = 0.10  # ± fraction
+    hflip: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    blur_p: float = 0.1  # probability of a light Gaussian blur
+    erasing_p: float = 0.1  # probability of random erasing
+    enabled: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(enabled=False)
+
+
+def resize_to_input(pixels: np.ndarray, size: int, mode: str = "letterbox") -> torch.Tensor:
+    """Resize an H×W [0,1] array to a 1×size×size tensor (antialiased)."""
+    t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    h, w = t.shape[-2:]
+    if mode == "stretch":
+        out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return out[0]
+    if mode != "letterbox":
+        raise ValueError(f"unknown resize mode {mode!r} (use 'letterbox' or 'stretch')")
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    canvas = torch.zeros((1, size, size), dtype=torch.float32)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[:, top : top + nh, left : left + nw] = out[0]
+    return canvas
+
+
+def _augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    ops: list[Any] = [
+        v2.RandomAffine(
+            degrees=aug.rotation,
+            translate=(aug.translate, aug.translate),
+            scale=(1.0 - aug.zoom, 1.0 + aug.zoom),
+        )
+    ]
+    if aug.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if aug.brightness or aug.contrast:
+        ops.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    if aug.blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=aug.blur_p))
+    pipeline = v2.Compose(ops)
+    erase = v2.RandomErasing(p=aug.erasing_p, value=0.0) if aug.erasing_p > 0 else None
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        x = pipeline(x).clamp_(0.0, 1.0)
+        return erase(x) if erase is not None else x
+
+    return apply
+
+
+class ModelTransform:
+    """``f(pixels) -> C×S×S tensor``: a deterministic :meth:`prepare` (resize) then :meth:`finish`
+    (augmentation when training, channels, normalisation).  The split lets a dataset cache
+    the prepared 1×S×S images between epochs while augmentation stays random."""
+
+    def __init__(self, spec: PreprocessSpec, train: bool = False, augment: AugmentConfig | None = None) -> None:
+        self.spec = spec
+        self.mean = torch.tensor(spec.mean[: spec.channels], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std[: spec.channels], dtype=torch.float32).view(-1, 1, 1)
+        aug = augment if augment is not None else AugmentConfig()
+        self.augmenter = _augmenter(aug) if train and aug.enabled else None
+
+    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
+        """Resize to the model's input (1×S×S, [0, 1])."""
+        return resize_to_input(pixels, self.spec.input_size, self.spec.resize)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment (training only), expand to the model's channels and normalise."""
+        if self.augmenter is not None:
+            x = self.augmenter(x)
+        x = x.expand(self.spec.channels, -1, -1)
+        return (x - self.mean) / self.std
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        return self.finish(self.prepare(pixels))
+
+
+def build_transforms(spec: PreprocessSpec, train: bool = False, augment: AugmentConfig | None = None) -> ModelTransform:
+    """Return the evaluation transform, or the training one with augmentation."""
+    return ModelTransform(spec, train=train, augment=augment)
+
+
+def spec_from_model(model_spec: Any, resize: str = "letterbox") -> PreprocessSpec:
+    """Build the preprocessing spec from a registry :class:`~fracdet.models.ModelSpec`."""
+    return PreprocessSpec(
+        input_size=int(model_spec.input_size),
+        mean=tuple(model_spec.mean),
+        std=tuple(model_spec.std),
+        channels=3,
+        resize=resize,
+    )
+
+
+__all__ = ["AugmentConfig", "ModelTransform", "PreprocessSpec", "Transform", "build_transforms", "resize_to_input", "spec_from_model"]

@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fracdet.artifact import load_artifact
+from fracdet.config import TrainConfig
+from fracdet.train import read_metrics_csv, train
+from fracdet.transforms import AugmentConfig
+from synth import make_class_folders
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="simple_cnn", pretrained=False, input_size=48, batch_size=8,
+                phase1_epochs=1, phase2_epochs=1, head_hidden=16, progress=False, accelerator="cpu", devices="1")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_two_phases_write_a_complete_run_folder(tmp_path):
+    data = make_class_folders(tmp_path / "data", 14)
+    res = train(_cfg(data, tmp_path / "run"))
+    run = res.run_dir
+    for name in ("config.json", "split.csv", "metrics.csv", "curves.png", "model.fracdet", "model_card.md",
+                 "metrics.json", "eval-test/roc_curve.png", "eval-test/confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["phase"] for r in rows] == ["head", "finetune"]
+    assert all(r["val_auroc"] is not None and r["train_loss"] is not None for r in rows)
+    art = load_artifact(res.artifact_path)
+    assert art.architecture == "simple_cnn" and art.preprocess.input_size == 48
+    assert 0.0 <= art.threshold <= 1.0 and art.temperature > 0
+    assert art.training["phase1_epochs"] == 1 and art.data["count"] == 28
+    assert set(art.metrics) >= {"val", "test", "calibration"}
+    assert json.loads((run / "config.json").read_text())["model"] == "simple_cnn"
+    assert "Not a medical device" in (run / "model_card.md").read_text()
+    # evaluating on the training data re-derives the split and measures the same test images
+    from fracdet.evaluate import evaluate
+
+    ev = evaluate(data, res.artifact_path, out_dir=tmp_path / "ev")
+    assert "re-derived with the training seed" in ev.split_note
+    assert ev.metrics["n"] == art.metrics["test"]["n"]
+    assert ev.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=1e-6)
+
+
+def test_phase1_trains_only_the_head_and_phase2_the_backbone(tmp_path):
+    data = make_class_folders(tmp_path / "data", 8)
+    cfg = _cfg(data, tmp_path / "r1", phase2_epochs=0, augment=AugmentConfig.off())
+    import lightning as L
+
+    from fracdet.models import create_model
+
+    L.seed_everything(cfg.seed, verbose=False)  # train() seeds the same way before creating the model
+    init = create_model("simple_cnn", pretrained=False, head_hidden=16).state_dict()
+    art = load_artifact(train(cfg).artifact_path)
+    bb = [k for k in init if k.startswith("backbone.") and k.endswith("weight")]
+    head = [k for k in init if k.startswith("head.") and k.endswith("weight")]
+    same = lambda k: torch.equal(art.state_dict[k], init[k].half())  # noqa: E731  (artifacts store fp16)
+    assert all(same(k) for k in bb), "phase 1 must not change the frozen backbone"
+    assert not all(same(k) for k in head), "phase 1 must train the head"
+    cfg2 = _cfg(data, tmp_path / "r2", phase1_epochs=0, phase2_epochs=1, augment=AugmentConfig.off(),
+                unfreeze_from="block3")
+    art2 = load_artifact(train(cfg2).artifact_path)
+    sd2 = art2.state_dict
+    assert torch.equal(sd2["backbone.block1.0.weight"], init["backbone.block1.0.weight"].half())
+    assert not torch.equal(sd2["backbone.block4.0.weight"], init["backbone.block4.0.weight"].half())
+
+
+@pytest.mark.parametrize("opt,sched", [("sgd", "cosine"), ("adam", "none")])
+def test_optimizers_and_schedules(tmp_path, opt, sched):
+    data = make_class_folders(tmp_path / "data", 6)
+    res = train(_cfg(data, tmp_path / "run", optimizer=opt, scheduler=sched, monitor="val_loss", phase1_epochs=0))
+    assert res.artifact_path.is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    data = make_class_folders(tmp_path / "data", 10)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("FRACDET_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "fracdet", "train", str(data), "--out", str(tmp_path / "run"),
+           "--model", "simple_cnn", "--no-pretrained", "--input-size", "48", "--batch-size", "4",
+           "--epochs1", "1", "--epochs2", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+           "--head-hidden", "16"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr + proc.stdout
+    assert "GLOBAL_RANK: 1" in log and "Starting with 2 processes" in log, log[-3000:]
+    assert load_artifact(tmp_path / "run" / "model.fracdet").training["strategy"] == "ddp"
+    assert [r["phase"] for r in read_metrics_csv(tmp_path / "run" / "metrics.csv")] == ["head", "finetune"]
