@@ -1,5 +1,5 @@
 """``python -m fracdet`` runs the command-line interface."""
 
-from fracdet.cli import main
+from fracdet.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -179,7 +179,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
     d = art.describe()
     d.pop("training", None)
     print(json.dumps({"model": str(a.model or default_model_path()), **d}, indent=2, default=str))
-    print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    from fracdet.runtime import active_allocator
+
+    print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"allocator {active_allocator()}")
     return 0
 
 
@@ -221,5 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The console script: switch to the fast allocator when available, then run."""
+    from fracdet.runtime import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc(sys.argv[1:])
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
