@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fracdet import __version__
+from fracdet.cli_audit import add_audit, add_split
 from fracdet.cli_predict import add_predict
 
 log = logging.getLogger("fracdet")
@@ -42,6 +43,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
     p.add_argument("--weights", help="local ImageNet weights (timm state dict) for the backbone")
     p.add_argument("--resplit", action="store_true", help="merge the given splits and re-split group-aware 70/15/15")
+    p.add_argument("--allow-leakage", action="store_true",
+                   help="train even if the given splits share duplicates or labels conflict (the model card says so)")
     p.add_argument("--seed", type=int)
     p.add_argument("--epochs1", dest="phase1_epochs", type=int, help="phase 1 (frozen backbone) epochs")
     p.add_argument("--epochs2", dest="phase2_epochs", type=int, help="phase 2 (fine-tuning) epochs")
@@ -93,6 +96,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(a, name))
     cfg.pretrained = not a.no_pretrained
     cfg.resplit = a.resplit
+    cfg.allow_leakage = a.allow_leakage
     cfg.class_weighting = not a.no_class_weighting
     cfg.progress = not a.no_progress and sys.stderr.isatty()
     aug = cfg.augment
@@ -131,16 +135,25 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--split", default="auto", help="auto (test split), train, val, test or all")
     p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dedupe-against", metavar="TRAIN_DATA",
+                   help="drop test images that duplicate or near-duplicate these training images; report both ways")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from fracdet.evaluate import evaluate
 
-    r = evaluate(a.data, a.model, out_dir=a.out, split=a.split, layout=a.layout, batch_size=a.batch_size)
+    r = evaluate(a.data, a.model, out_dir=a.out, split=a.split, layout=a.layout, batch_size=a.batch_size,
+                 dedupe_against=a.dedupe_against)
     print(f"evaluated on {r.split_note}\n")
     print(r.table)
     print(f"\n{r.metrics['classification_report']}")
+    dd = r.metrics.get("deduped")
+    if dd is not None:
+        print(f"deduplicated against {a.dedupe_against}: {dd['dropped']} of {dd['dropped'] + dd['n']} test image(s) "
+              f"duplicate training images")
+        for k in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+            print(f"  {k:<12} all {r.metrics.get(k, float('nan')):.3f}   deduplicated {dd.get(k, float('nan')):.3f}")
     print(f"written: {r.out_dir}/metrics.json, metrics.txt, roc_curve.png, confusion_matrix.png, predictions.csv")
     return 0
 
@@ -186,7 +199,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, _add_models, _add_info]
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, add_audit, add_split,
+                                         _add_models, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     seed: int = 42
     resplit: bool = False
+    allow_leakage: bool = False  # train even if the audit finds cross-split duplicates or label conflicts
     # phase 1: head only, backbone frozen
     phase1_epochs: int = 3
     head_lr: float = 1e-3

@@ -66,15 +66,29 @@ def select_samples(ds: Dataset, split: str, training: dict[str, Any],
         name = "test" if split == "auto" else split
         fractions = tuple(training.get("fractions", (0.70, 0.15, 0.15)))
         seed = int(training.get("seed", 42))
-        re = split_dataset(ds, fractions=fractions, seed=seed)  # type: ignore[arg-type]
+        audit_info = (data or {}).get("audit") or {}
+        if audit_info.get("split_groups") == "audit":  # trained with the audit's duplicate groups
+            from fracdet.data.audit import audit_split
+
+            re, _, _ = audit_split(ds, fractions=fractions, seed=seed,  # type: ignore[arg-type]
+                                   conflicts=audit_info.get("conflicts", "exclude"))
+        else:
+            re = split_dataset(ds, fractions=fractions, seed=seed)  # type: ignore[arg-type]
         why = "the model was trained on this data; " if same else ""
         return re.by_split(name), f"{why}the {name!r} split re-derived with the training seed {seed}"
     return ds.samples, "all images (the data has no split and is not the model's training data)"
 
 
 def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | Path = "evaluation",
-             split: str = "auto", layout: str = "auto", batch_size: int = 32) -> EvaluationResult:
-    """Evaluate a model artifact on labelled data and write the results to ``out_dir``."""
+             split: str = "auto", layout: str = "auto", batch_size: int = 32,
+             dedupe_against: str | Path | None = None) -> EvaluationResult:
+    """Evaluate a model artifact on labelled data and write the results to ``out_dir``.
+
+    ``dedupe_against``: training data; test images that duplicate any of its images (exact,
+    pixel-identical or near, see :mod:`fracdet.data.audit`) are dropped for a second set of
+    metrics (``metrics["deduped"]``), so both numbers are reported. When it has splits, its
+    train and val splits are the reference (its test split was not trained on).
+    """
     from fracdet.predict import Predictor, collect_logits
 
     art = load_artifact(model)
@@ -86,10 +100,35 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
         raise DatasetError(f"{data}: no readable images to evaluate")
     prob = calibrated_probability(logits, art.temperature)
     skipped = len(samples) - len(y)
-    m = write_evaluation(out_dir, y, prob, art.threshold, art.labels,
-                         extra={"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default")})
+    extra: dict[str, Any] = {"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default")}
+    if dedupe_against is not None:
+        extra["deduped"] = _deduped_metrics(dedupe_against, [samples[i] for i in idx], y, prob, art.threshold)
+    m = write_evaluation(out_dir, y, prob, art.threshold, art.labels, extra=extra)
     _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold)
     return EvaluationResult(m, format_table(m), Path(out_dir), note)
+
+
+def _deduped_metrics(reference: str | Path, samples: list[Sample], y: np.ndarray, prob: np.ndarray,
+                     threshold: float) -> dict[str, Any]:
+    import warnings
+
+    from fracdet.data.audit import cross_duplicates
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = load_dataset(reference)
+    ref_samples = [s for s in ref.samples if s.split in ("train", "val")] if ref.has_splits() else ref.samples
+    dup = cross_duplicates(samples, ref_samples)
+    keep = np.array([i not in dup for i in range(len(samples))], dtype=bool)
+    out: dict[str, Any] = {"reference": str(reference), "dropped": int((~keep).sum()),
+                           "dropped_files": {str(samples[i].path): p for i, p in dup.items()}}
+    if keep.any():
+        out.update(binary_metrics(y[keep], prob[keep], threshold))
+    else:
+        out["n"] = 0
+    log.info("dedupe against %s: %d of %d test image(s) duplicate training images", reference, out["dropped"],
+             len(samples))
+    return out
 
 
 def _write_predictions(path: Path, samples: list[Sample], y: np.ndarray, prob: np.ndarray, threshold: float) -> None:

@@ -27,6 +27,27 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _audit_lines(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    lines = [
+        f"- data audit (`fracdet audit`): {a.get('duplicate_groups')} duplicate group(s) (exact, pixel-identical or "
+        f"near-duplicate at phash distance ≤ {a.get('threshold')}/{a.get('fine_threshold')}), kept within one split; "
+        f"{a.get('conflict_groups')} label-conflict group(s), {a.get('excluded_conflict_files')} file(s) excluded "
+        f"(conflicts: {a.get('conflicts')}); {a.get('unreadable')} unreadable, {a.get('truncated')} truncated file(s)",
+    ]
+    if a.get("allow_leakage") and a.get("leakage_in_given_splits"):
+        lines.append(
+            f"- **LEAKAGE ALLOWED (--allow-leakage)**: the given splits share {a.get('leaking_groups')} duplicate "
+            f"group(s) and {a.get('declared_group_leaks')} declared group(s) across splits, and "
+            f"{a.get('conflict_groups')} group(s) carry conflicting labels. Validation and test metrics below are "
+            "optimistic: they include copies of training images."
+        )
+    elif a.get("allow_leakage"):
+        lines.append("- trained with --allow-leakage (label-conflict groups kept as labelled)")
+    return lines
+
+
 def render_model_card(art: ModelArtifact) -> str:
     """A Markdown model card: use, data, split, metrics, operating point, limits."""
     t, d, m = art.training, art.data, art.metrics
@@ -58,6 +79,7 @@ def render_model_card(art: ModelArtifact) -> str:
         f"{d.get('positives')} fractured / {d.get('negatives')} not fractured",
         f"- split: group-aware stratified {t.get('fractions')} (duplicate groups and identical files never "
         f"straddle two splits), seed {t.get('seed')}; per split: {d.get('splits', d.get('per_split', ''))}",
+        *_audit_lines(d.get("audit")),
         "",
         "## Metrics",
         "Measured at the stored threshold with calibrated probabilities; val is the split the threshold "

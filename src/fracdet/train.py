@@ -199,14 +199,46 @@ def _load_best(module: FractureModule, trainer: L.Trainer) -> None:
 
 
 def prepare_data(cfg: TrainConfig) -> Dataset:
-    """Load the dataset and give it a leakage-free, group-aware split."""
+    """Load the dataset, audit it (cached hashes) and give it a leakage-free, group-aware split.
+
+    Given splits that share duplicates (exact, pixel-identical or near) or whose duplicates
+    carry conflicting labels are refused unless ``cfg.allow_leakage``. When fracdet splits
+    itself, duplicate groups never straddle splits and label-conflict groups are left out
+    (kept with ``allow_leakage``). What was found is attached as ``ds.audit_summary``.
+    """
+    from fracdet.data.audit import audit_dataset, audit_split
+
     ds = load_dataset(cfg.data, layout=cfg.layout)
-    ds = split_dataset(ds, fractions=cfg.fractions, seed=cfg.seed, resplit=cfg.resplit)
-    assert_no_group_leakage(ds)
+    report = audit_dataset(ds, progress=cfg.progress)
+    present = {s.split for s in ds.samples}
+    keeps_given = not cfg.resplit and None not in present and "train" in present
+    c = report.counts()
+    problems = keeps_given and (c["leaking_groups"] or c["declared_group_leaks"] or c["conflict_groups"])
+    if problems and not cfg.allow_leakage:
+        raise DatasetError(f"{cfg.data}: {report.summary_line()}; see `fracdet audit {cfg.data}`, re-split with "
+                           "--resplit (or `fracdet split --merge`), or train anyway with --allow-leakage")
+    conflicts = "keep" if (cfg.allow_leakage or keeps_given) else "exclude"
+    source_fp = ds.fingerprint()
+    ds, report, excluded = audit_split(ds, fractions=cfg.fractions, seed=cfg.seed, resplit=cfg.resplit,
+                                       conflicts=conflicts, report=report)
+    if not cfg.allow_leakage:
+        assert_no_group_leakage(ds)
     for name in ("train", "val"):
         labels = {s.label for s in ds.by_split(name)}
         if len(labels) < 2:
             raise DatasetError(f"{cfg.data}: the {name} split needs both classes, it has {sorted(labels) or 'none'}")
+    ds.audit_summary = {  # type: ignore[attr-defined]
+        "fingerprint": source_fp,
+        "audit": {
+            "split_groups": "audit", "conflicts": conflicts, "allow_leakage": bool(cfg.allow_leakage),
+            "given_splits_kept": bool(keeps_given), "leakage_in_given_splits": bool(problems),
+            "duplicate_groups": c["duplicate_groups"], "leaking_groups": c["leaking_groups"] if keeps_given else 0,
+            "declared_group_leaks": c["declared_group_leaks"] if keeps_given else 0,
+            "conflict_groups": c["conflict_groups"], "excluded_conflict_files": len(excluded),
+            "unreadable": c["unreadable"], "truncated": c["truncated"],
+            "threshold": report.settings["threshold"], "fine_threshold": report.settings["fine_threshold"],
+        },
+    }
     return ds
 
 
@@ -307,7 +339,8 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
                        "after temperature scaling fitted on the same split",
         temperature=temperature,
         training={**cfg.to_dict(), "epochs_run": len(rows), "fracdet_version": __version__},
-        data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv"},
+        data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv",
+              **getattr(ds, "audit_summary", {})},
         metrics=metrics,
     )
     artifact_path = save_artifact(art, run_dir / "model.fracdet")

@@ -6,6 +6,7 @@ import logging
 import random
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fracdet.data.labels import FRACTURED
 from fracdet.data.layouts import SPLITS, Dataset, Sample, content_groups
 from fracdet.errors import DatasetError
 
-__all__ = ["assert_no_group_leakage", "split_dataset"]
+__all__ = ["assert_no_group_leakage", "merge_groups", "split_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def split_dataset(
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
     seed: int = 42,
     resplit: bool = False,
+    groups: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Assign train/val/test splits; returns a new :class:`Dataset` (input untouched).
 
@@ -32,16 +34,27 @@ def split_dataset(
     is the given ``group`` joined with byte-identical files; a group counts as
     fractured if any member is). The result depends only on the seed and the set of
     paths, not on input order. Returned samples carry the merged group ids.
+
+    ``groups``: extra groups, sample path (``str(sample.path)``) → group id, e.g. the
+    duplicate groups of :func:`fracdet.data.audit.audit_dataset` (exact, pixel-identical
+    and near duplicates); they are joined with the given groups (see :func:`merge_groups`).
     """
     fr = _check_fractions(fractions)
     if not ds.samples:
         raise DatasetError(f"{ds.root}: cannot split an empty dataset")
     present = {s.split for s in ds.samples}
     if not resplit and present >= set(SPLITS) and None not in present:
-        _warn_given_leakage(ds.samples)
-        return ds
+        if groups is None:
+            _warn_given_leakage(ds.samples)
+            return ds
+        kept = [replace(s, meta=dict(s.meta)) for s in ds.samples]
+        merge_groups(kept, groups)
+        _warn_given_leakage(kept)
+        return Dataset(kept, ds.root, ds.layout)
 
     samples = [replace(s, meta=dict(s.meta)) for s in ds.samples]
+    if groups:
+        merge_groups(samples, groups)
     content_groups(samples)
 
     keep = not resplit and None not in present and "train" in present
@@ -80,6 +93,41 @@ def assert_no_group_leakage(ds: Dataset) -> None:
         shown = "; ".join(f"group '{g}' in {', '.join(sp)}" for g, sp in leaks[:5])
         more = f" (and {len(leaks) - 5} more)" if len(leaks) > 5 else ""
         raise DatasetError(f"{ds.root}: {len(leaks)} group(s) span several splits: {shown}{more}")
+
+
+def merge_groups(samples: list[Sample], groups: Mapping[str, str]) -> None:
+    """Join each sample's ``group`` with ``groups[str(sample.path)]`` (in place, union-find).
+
+    A merged group is named by its smallest given id, else its smallest extra id.
+    """
+    parent = list(range(len(samples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        keys = [k for k in ("given:" + s.group if s.group is not None else None,
+                            "extra:" + groups[str(s.path)] if str(s.path) in groups else None) if k]
+        for key in keys:
+            j = first.setdefault(key, i)
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(samples)):
+        members[find(i)].append(i)
+    for idx in members.values():
+        given = sorted({samples[i].group for i in idx if samples[i].group is not None})
+        extra = sorted({groups[str(samples[i].path)] for i in idx if str(samples[i].path) in groups})
+        name = given[0] if given else (extra[0] if extra else None)
+        if name is None:
+            continue
+        for i in idx:
+            samples[i].group = name
 
 
 # ----------------------------------------------------------------------------- helpers
