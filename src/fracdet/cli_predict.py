@@ -1,44 +1,110 @@
-"""``fracdet predict``: files or folders in, one row per image out (CSV/JSON), errors as rows."""
+"""``fracdet predict``: files or folders in, one row per image out (CSV/JSON), errors as rows.
+
+DICOM files (``.dcm`` or any name with the DICM preamble) give one row per frame, with
+their study/series/SOP UIDs, modality, body part and view. ``--by-study`` combines the
+views of a study (DICOM StudyInstanceUID; for other images the ``--study-map`` CSV, else
+each file is its own study) into one verdict listed above its views.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, Sequence
 
 
+def _window_arg(text: str) -> int | None:
+    if text.strip().lower() in ("none", "off", "minmax", "min-max"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a window index (0, 1, ...) or 'none', got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the window index must be 0 or more")
+    return value
+
+
 def add_predict(sub: Any) -> None:
-    p = sub.add_parser("predict", help="predict files or folders (recursively)")
+    p = sub.add_parser(
+        "predict", help="predict files or folders (recursively); images and DICOM",
+        description="Predict image files and folders (recursively). DICOM files — .dcm or "
+        "extensionless with the DICM preamble — are read as a viewer shows them and give "
+        "one row per frame.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--model", help="model artifact (.fracdet); default: the model shipped with fracdet")
     p.add_argument("--out", help="write rows to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    d = p.add_argument_group("DICOM")
+    d.add_argument("--force", action="store_true",
+                   help="also predict DICOM that is refused by default (CT, MR, US... modalities, "
+                   "unsupported photometric interpretations); results are not meaningful there")
+    d.add_argument("--dicom-window", type=_window_arg, default=0, metavar="INDEX|none",
+                   help="which stored VOI LUT / window to apply (default 0, the first, as a viewer "
+                   "opens it); 'none' stretches the min-max of the modality values instead")
+    s = p.add_argument_group("studies")
+    s.add_argument("--by-study", action="store_true",
+                   help="one verdict per study (DICOM StudyInstanceUID, else --study-map, else "
+                   "per file), each view's result listed under it")
+    s.add_argument("--study-agg", choices=("max", "mean"), default="max",
+                   help="combine the views' calibrated probabilities by max (default) or mean")
+    s.add_argument("--study-map", metavar="CSV",
+                   help="CSV with 'path' and 'study' columns (a dataset manifest with a 'study' "
+                   "column works) grouping non-DICOM images into studies")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
+    from fracdet.io.dicom import DicomOptions
     from fracdet.io.images import iter_image_files
-    from fracdet.predict import load_model
+    from fracdet.predict import group_by_study, load_model, read_study_map
     from fracdet.report_io import PredictionWriter, progress_over
 
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # odd-value chatter; errors are rows
+    study_map = read_study_map(a.study_map) if a.study_map else None
+    if study_map is not None and not a.by_study:
+        print("note: --study-map is used with --by-study only", file=sys.stderr)
     predictor = load_model(a.model)
     files = list(iter_image_files(a.paths))
+    options = DicomOptions(force=a.force, window=a.dicom_window)
     rows = []
     with PredictionWriter(a.out) as writer:
-        stream = predictor.predict_paths(files, batch_size=a.batch_size)
+        stream = predictor.predict_paths(files, batch_size=a.batch_size, dicom=options)
         for pred in progress_over(stream, "predicting", total=len(files)):
-            writer.add(pred)
+            if not a.by_study:
+                writer.add(pred)
             rows.append(pred)
+        studies = []
+        if a.by_study:
+            studies = group_by_study(rows, a.study_agg, study_map, predictor.threshold, predictor.labels)
+            for study in studies:
+                writer.add(study)
     if not a.quiet:
-        _print_predictions(rows)
+        if a.by_study:
+            _print_studies(studies)
+        else:
+            _print_predictions(rows)
     bad = sum(not r.ok for r in rows)
     if not rows:
         print("error: no image files found in " + ", ".join(a.paths), file=sys.stderr)
         return 2
     if bad:
-        print(f"{bad} of {len(rows)} file(s) could not be read (see the error column)", file=sys.stderr)
+        n_files = len({r.path for r in rows})
+        print(f"{bad} of {n_files} file(s) could not be read (see the error column)", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _shown_path(r: Any) -> str:
+    """The path as shown in tables (rich markup escaped), with the frame of multi-frame files."""
+    from rich.markup import escape
+
+    frames = r.meta.get("frames", 1) if r.meta else 1
+    if frames and frames > 1 and "frame" in r.meta:
+        return escape(f"{r.path} [frame {r.meta['frame']}]")
+    return escape(str(r.path))
 
 
 def _print_predictions(rows: Sequence[Any]) -> None:
@@ -46,8 +112,32 @@ def _print_predictions(rows: Sequence[Any]) -> None:
     from rich.table import Table
 
     table = Table("path", "probability", "label", "threshold", "error")
+    table.columns[0].overflow = "fold"
     for r in rows:
         prob = f"{r.probability:.3f}" if r.probability is not None else ""
         style = "red" if not r.ok else ("bold" if r.label == "fractured" else "")
-        table.add_row(str(r.path), prob, r.label or "", f"{r.threshold:.3f}", r.error or "", style=style)
-    Console(width=max(120, len(max((str(r.path) for r in rows), key=len, default="")) + 60)).print(table)
+        table.add_row(_shown_path(r), prob, r.label or "", f"{r.threshold:.3f}", r.error or "", style=style)
+    Console(width=max(120, len(max((_shown_path(r) for r in rows), key=len, default="")) + 60)).print(table)
+
+
+def _print_studies(studies: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("study / view", "probability", "label", "threshold", "views / error")
+    table.columns[0].overflow = "fold"
+    widest = 0
+    for s in studies:
+        prob = f"{s.probability:.3f}" if s.probability is not None else ""
+        note = s.error or f"{s.n_views} view(s), {s.aggregation}"
+        style = "red" if not s.ok else ("bold" if s.label == "fractured" else "")
+        table.add_row(f"study {escape(s.study)}", prob, s.label or "", f"{s.threshold:.3f}", note, style=style)
+        widest = max(widest, len(s.study) + 6)
+        for v in s.views:
+            shown = "  " + _shown_path(v)
+            widest = max(widest, len(shown))
+            vprob = f"{v.probability:.3f}" if v.probability is not None else ""
+            table.add_row(shown, vprob, v.label or "", f"{v.threshold:.3f}", v.error or "",
+                          style="red" if not v.ok else "dim")
+    Console(width=max(120, widest + 60)).print(table)

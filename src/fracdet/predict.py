@@ -1,6 +1,11 @@
 """The one prediction path: image → transform from the artifact → model → calibrated
 probability → threshold from the artifact → label.  CLI, API and web page all use
-:class:`Predictor`."""
+:class:`Predictor`.
+
+DICOM files give one :class:`Prediction` per frame (``meta["frame"]``), carrying the
+DICOM identifiers (``study_uid``, ``series_uid``, ``sop_uid``, ``modality``,
+``body_part``, ``view``) in ``meta`` and in their output rows. :func:`group_by_study`
+combines the views of one study into a :class:`StudyPrediction`."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,10 +21,15 @@ import torch
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import calibrated_probability
 from fracdet.errors import FracdetError, ImageReadError
-from fracdet.io.images import XRay, iter_image_files, read_image
+from fracdet.io.dicom import DicomOptions, dicom_options, read_frames
+from fracdet.io.images import XRay, is_dicom_file, iter_image_files, read_image
 from fracdet.transforms import build_transforms
 
 log = logging.getLogger(__name__)
+
+ROW_META_KEYS = ("frame", "modality", "body_part", "view", "study_uid", "series_uid", "sop_uid")
+"""``meta`` keys copied into output rows when present (DICOM inputs)."""
+STUDY_AGGREGATIONS = ("max", "mean")
 
 
 @dataclass
@@ -39,10 +49,131 @@ class Prediction:
         return self.error is None
 
     def to_row(self) -> dict[str, Any]:
-        """Flat row for CSV/JSON output."""
+        """Flat row for CSV/JSON output (plus the DICOM keys of ``meta`` when present)."""
         d = asdict(self)
-        d.pop("meta")
+        meta = d.pop("meta")
+        for key in ROW_META_KEYS:
+            if meta.get(key) not in (None, ""):
+                d[key] = meta[key]
         return d
+
+
+@dataclass
+class StudyPrediction:
+    """One study's verdict from its views: the ``aggregation`` (max or mean) of the views'
+    calibrated probabilities, labelled with the same threshold. Views that could not be
+    read are listed but left out of the verdict; ``error`` is set when none could be."""
+
+    study: str
+    probability: float | None
+    label: str | None
+    threshold: float
+    aggregation: str
+    views: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def n_views(self) -> int:
+        return sum(v.ok for v in self.views)
+
+    def to_row(self) -> dict[str, Any]:
+        """The study's own row (CSV: ``level=study``)."""
+        return {
+            "level": "study", "study": self.study, "path": None,
+            "probability": self.probability, "label": self.label, "threshold": self.threshold,
+            "logit": None, "error": self.error, "n_views": self.n_views,
+            "aggregation": self.aggregation,
+        }
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """Flat rows for CSV: the study row, then one ``level=view`` row per view."""
+        return [self.to_row()] + [
+            {"level": "view", "study": self.study, **v.to_row()} for v in self.views
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """Nested form for JSON: the study with its views under ``views``."""
+        d = self.to_row()
+        d.pop("level")
+        d.pop("path")
+        d.pop("logit")
+        d["views"] = [v.to_row() for v in self.views]
+        return d
+
+
+def read_study_map(path: str | Path) -> dict[str, str]:
+    """A CSV with ``path`` and ``study`` columns (a dataset manifest with a ``study``
+    column works) → {resolved path: study}; relative paths are taken from the CSV's
+    folder. Raises :class:`FracdetError`."""
+    import csv
+
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+            if "path" not in fields or "study" not in fields:
+                raise FracdetError(f"{p}: a study map needs 'path' and 'study' columns; found {sorted(fields)}")
+            out: dict[str, str] = {}
+            for row in reader:
+                file = (row.get(fields["path"]) or "").strip()
+                study = (row.get(fields["study"]) or "").strip()
+                if not file or not study:
+                    continue
+                fp = Path(file).expanduser()
+                if not fp.is_absolute():
+                    fp = p.parent / fp
+                out[str(fp.resolve())] = study
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FracdetError(f"{p}: cannot read study map ({exc})") from None
+    return out
+
+
+def study_key(pred: Prediction, study_map: Mapping[str, str] | None = None) -> str:
+    """Which study a prediction belongs to: its DICOM StudyInstanceUID, else the study
+    given for its file in ``study_map``, else the file itself (a one-view study)."""
+    uid = pred.meta.get("study_uid")
+    if uid:
+        return str(uid)
+    if study_map and pred.path is not None:
+        found = study_map.get(str(Path(pred.path).resolve()))
+        if found:
+            return found
+    return str(pred.path)
+
+
+def group_by_study(
+    predictions: Iterable[Prediction], aggregation: str = "max",
+    study_map: Mapping[str, str] | None = None, threshold: float | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[StudyPrediction]:
+    """Combine views into study verdicts, studies in order of first appearance.
+
+    ``aggregation``: ``"max"`` (a study is as suspicious as its most suspicious view)
+    or ``"mean"`` of the calibrated view probabilities; the study label applies the
+    model's threshold (``threshold``, default: that of the views) to that value.
+    """
+    if aggregation not in STUDY_AGGREGATIONS:
+        raise FracdetError(f"unknown study aggregation '{aggregation}' (choose {' or '.join(STUDY_AGGREGATIONS)})")
+    groups: dict[str, list[Prediction]] = {}
+    for pred in predictions:
+        groups.setdefault(study_key(pred, study_map), []).append(pred)
+    names = list(labels) if labels else ["not_fractured", "fractured"]
+    out: list[StudyPrediction] = []
+    for study, views in groups.items():
+        thr = threshold if threshold is not None else views[0].threshold
+        probs = [v.probability for v in views if v.ok and v.probability is not None]
+        if not probs:
+            out.append(StudyPrediction(study, None, None, thr, aggregation, views,
+                                       error=f"no readable view ({len(views)} failed)"))
+            continue
+        prob = float(max(probs) if aggregation == "max" else float(np.mean(probs)))
+        out.append(StudyPrediction(study, prob, names[int(prob >= thr)], thr, aggregation, views))
+    return out
 
 
 class Predictor:
@@ -77,47 +208,71 @@ class Predictor:
         """Raw logits for a batch of prepared inputs N×C×S×S."""
         return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
 
-    def predict(self, image: str | Path | np.ndarray | XRay) -> Prediction:
-        """Predict one image given as a path, an H×W [0, 1] array (bone bright) or an XRay."""
+    def predict(self, image: str | Path | np.ndarray | XRay,
+                dicom: DicomOptions | None = None) -> Prediction:
+        """Predict one image given as a path, an H×W [0, 1] array (bone bright) or an XRay
+        (a multi-frame DICOM path: frame 0; :meth:`predict_paths` gives every frame)."""
         if isinstance(image, np.ndarray):
             image = XRay(pixels=np.asarray(image, dtype=np.float32), path=None, meta={})
         elif not isinstance(image, XRay):
-            image = read_image(image, min_size=self.artifact.preprocess.input_size)
+            with dicom_options(dicom or DicomOptions()):
+                image = read_image(image, min_size=self.artifact.preprocess.input_size)
         return self._results(self.logits(self.transform(image.pixels)[None]), [image])[0]
+
+    def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
+        return Prediction(path=str(path), probability=None, label=None, threshold=self.threshold,
+                          error=reason, meta=dict(getattr(exc, "meta", None) or {}))
+
+    def _read(self, path: Path, size: int, dicom: DicomOptions) -> list[XRay]:
+        if is_dicom_file(path):
+            return read_frames(path, dicom)
+        with dicom_options(dicom):
+            return [read_image(path, min_size=size)]
 
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 32,
         on_result: Callable[[Prediction], None] | None = None,
+        dicom: DicomOptions | None = None,
     ) -> Iterator[Prediction]:
-        """Stream predictions for files and folders (recursively), in batches; a bad file
-        yields one error row and the batch goes on."""
-        pending: list[tuple[XRay, torch.Tensor]] = []
+        """Stream predictions for files and folders (recursively), in batches, in input
+        order; a bad file yields one error row and the batch goes on. A DICOM file gives
+        one prediction per frame; ``dicom`` sets how DICOM is read (``force``, ``window``)."""
+        queue: list[tuple[XRay, torch.Tensor] | Prediction] = []  # error rows keep their place
         size = self.artifact.preprocess.input_size
+        dicom = dicom or DicomOptions()
+        n_ready = 0
 
         def flush() -> list[Prediction]:
-            if not pending:
-                return []
-            xs = torch.stack([t for _, t in pending])
-            out = self._results(self.logits(xs), [x for x, _ in pending])
-            pending.clear()
+            ready = [q for q in queue if not isinstance(q, Prediction)]
+            done = iter(self._results(self.logits(torch.stack([t for _, t in ready])),
+                                      [x for x, _ in ready]) if ready else [])
+            out = [q if isinstance(q, Prediction) else next(done) for q in queue]
+            queue.clear()
             return out
 
         for path in iter_image_files(paths):
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    xray = read_image(path, min_size=size)
+                    xrays = self._read(path, size, dicom)
                 for w in caught:
                     log.warning("%s", w.message)
-                pending.append((xray, self.transform(xray.pixels)))
+                prepared = [(x, self.transform(x.pixels)) for x in xrays]
             except ImageReadError as exc:
-                yield Prediction(path=str(path), probability=None, label=None, threshold=self.threshold, error=exc.reason)
-                continue
+                queue.append(self._error_row(path, exc.reason, exc))
+                prepared = []
             except FracdetError as exc:
-                yield Prediction(path=str(path), probability=None, label=None, threshold=self.threshold, error=str(exc))
+                queue.append(self._error_row(path, str(exc), exc))
+                prepared = []
+            if not prepared and n_ready == 0:
+                yield from flush()  # nothing waiting: report the error now
                 continue
-            if len(pending) >= batch_size:
-                yield from flush()
+            for item in prepared:
+                queue.append(item)
+                n_ready += 1
+                if n_ready >= batch_size:
+                    yield from flush()
+                    n_ready = 0
         yield from flush()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from fracdet.data.labels import accepted_names, parse_label
 from fracdet.errors import DatasetError
-from fracdet.io.images import is_image_file
+from fracdet.io.images import looks_like_image
 
 __all__ = [
     "LAYOUTS",
@@ -209,7 +209,11 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images_under(folder: Path) -> tuple[list[Path], int]:
-    """Image files under ``folder`` (recursive, sorted, no hidden) and the skipped count."""
+    """Image files under ``folder`` (recursive, sorted, no hidden) and the skipped count.
+
+    Kept: image extensions and DICOM files of any name (``.dcm``, extensionless or
+    UID-named files detected by their ``DICM`` preamble); see
+    :func:`fracdet.io.images.looks_like_image`."""
     found: list[Path] = []
     skipped = 0
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -217,7 +221,7 @@ def _images_under(folder: Path) -> tuple[list[Path], int]:
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            if is_image_file(name):
+            if looks_like_image(Path(dirpath) / name):
                 found.append(Path(dirpath) / name)
             else:
                 skipped += 1

@@ -9,8 +9,14 @@ array is upright as displayed.
 
 :func:`read_image` never lets a raw Pillow traceback escape: every failure is an
 :class:`~fracdet.errors.ImageReadError` whose message is ``"<path>: <reason>"`` on
-one line. Other formats (e.g. DICOM) plug in via :func:`register_reader`; registered
-readers are tried, in registration order, before the built-in Pillow reader.
+one line. Other formats plug in via :func:`register_reader`; registered readers are
+tried, in registration order, before the built-in Pillow reader.
+
+DICOM is registered here (reader ``"dicom"``): files with the ``DICM`` preamble — any
+name, with or without extension — and ``.dcm``/``.dicom``/``.dic`` files are read by
+:mod:`fracdet.io.dicom` (imported, with pydicom, only when such a file is read).
+:func:`read_image` returns frame 0 of a multi-frame DICOM;
+:func:`fracdet.io.dicom.read_frames` returns every frame.
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from fracdet.errors import ImageReadError
 
 __all__ = [
+    "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "MIN_SIDE",
     "XRay",
+    "has_dicom_preamble",
+    "is_dicom_file",
     "is_image_file",
+    "looks_like_image",
     "iter_image_files",
     "read_image",
     "register_reader",
@@ -45,6 +55,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
 )
+DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic"})
 MIN_SIDE = 16
 """Images with either side below this many pixels are rejected."""
 
@@ -96,12 +107,45 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def has_dicom_preamble(path: str | Path) -> bool:
+    """True when the file carries the DICOM Part 10 marker ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    return _is_dicm(head)
+
+
+def _is_dicm(head: bytes) -> bool:
+    return len(head) >= _HEAD_BYTES and head[128:132] == b"DICM"
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM extension (``.dcm``, ``.dicom``, ``.dic``) or the ``DICM`` preamble."""
+    p = Path(path)
+    return p.suffix.lower() in DICOM_EXTENSIONS or (p.is_file() and has_dicom_preamble(p))
+
+
+def looks_like_image(path: str | Path) -> bool:
+    """What folder walks keep: an image extension (:func:`is_image_file`), or any other
+    name — extensionless or UID-like (``1.2.840...``) — whose content starts with the
+    DICOM preamble. ``DICOMDIR`` index files are left out."""
+    p = Path(path)
+    if is_image_file(p) or p.suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    if p.name.upper() == "DICOMDIR":
+        return False
+    return has_dicom_preamble(p)
+
+
 def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     """Yield files as given (any extension) and image files found under folders.
 
     Folders are walked recursively in sorted order; hidden files and folders are
-    skipped. Given files are yielded even if missing or not images, so the caller
-    can report them.
+    skipped. Files found in folders are kept when :func:`looks_like_image` (image
+    extension, or DICOM detected by its preamble whatever the name). Given files are
+    yielded even if missing or not images, so the caller can report them.
     """
     for item in paths:
         p = Path(item)
@@ -111,7 +155,7 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
         for dirpath, dirnames, filenames in os.walk(p):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if not name.startswith(".") and is_image_file(name):
+                if not name.startswith(".") and looks_like_image(Path(dirpath) / name):
                     yield Path(dirpath) / name
 
 
@@ -182,7 +226,7 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _unidentified_reason(p: Path, head: bytes) -> str:
     ext = p.suffix.lower() or "(no extension)"
-    if p.suffix.lower() == ".dcm":
+    if p.suffix.lower() in DICOM_EXTENSIONS:
         return "DICOM file but no DICOM reader is available"
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         kind = "text, not image data" if _looks_like_text(head) else "not valid image data"
@@ -339,3 +383,19 @@ def _read_pil(p: Path, min_size: int | None, head: bytes) -> XRay:
     if decoded_size != (w, h):
         logger.debug("%s: decoded at reduced scale %s from %s", p, decoded_size, (w, h))
     return XRay(pixels=pixels, path=str(p), meta=meta)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _dicom_can_read(path: Path, head: bytes) -> bool:
+    return _is_dicm(head) or path.suffix.lower() in DICOM_EXTENSIONS
+
+
+def _dicom_read(path: Path, min_size: int | None) -> XRay:
+    from fracdet.io.dicom import read_dicom  # lazy: pydicom only when a DICOM is read
+
+    return read_dicom(path, min_size)
+
+
+register_reader("dicom", _dicom_can_read, _dicom_read)
