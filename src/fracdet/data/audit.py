@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fracdet.data.groups import UnionFind
 from fracdet.data.hashing import HashCache, fingerprint_files
 from fracdet.data.labels import parse_label
 from fracdet.data.layouts import SPLITS, Dataset, Sample, load_dataset
@@ -286,22 +287,6 @@ def near_pairs(query: Sequence[dict[str, Any]], reference: Sequence[dict[str, An
     return sorted(out)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 # ----------------------------------------------------------------------------- the audit
 
 
@@ -342,7 +327,7 @@ def audit_dataset(ds: Dataset, threshold: int = NEAR_THRESHOLD, fine_threshold: 
     for f in files:
         f["small"] = bool(f["ok"] and min(f["width"], f["height"]) < min_side)
 
-    uf = _UnionFind(len(samples))
+    uf = UnionFind(len(samples))
     kinds_of: dict[int, set[str]] = defaultdict(set)  # root-independent: kept per edge, merged below
     edges: list[tuple[int, int, str, int | None]] = []
     for key, kind in (("sha1", "exact"), ("pixel", "pixel")):

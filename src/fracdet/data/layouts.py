@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fracdet.data.groups import UnionFind, merge_groups
 from fracdet.data.labels import accepted_names, parse_label
 from fracdet.errors import DatasetError
 from fracdet.io.images import looks_like_image
@@ -186,8 +187,26 @@ def load_dataset(path: str | Path, layout: str = "auto") -> Dataset:
         ds = Dataset(_class_folder_samples(root, split=None), root, "class-folders")
     if not ds.samples:
         raise DatasetError(f"{root}: no images found (layout '{ds.layout}')")
+    _group_dicom_studies(ds.samples)
     logger.info("loaded %d samples from %s (layout %s)", len(ds.samples), root, ds.layout)
     return ds
+
+
+def _group_dicom_studies(samples: list[Sample]) -> None:
+    """Put the views of one DICOM study (StudyInstanceUID) into one group, joined with any
+    given group, so a study never straddles two splits."""
+    from fracdet.io.images import is_dicom_file
+
+    dicoms = [s for s in samples if is_dicom_file(s.path)]
+    if not dicoms:
+        return
+    from fracdet.io.dicom import study_uid
+
+    studies = {str(s.path): f"study-{uid}" for s in dicoms if (uid := study_uid(s.path))}
+    for s in dicoms:
+        if str(s.path) in studies:
+            s.meta["study_uid"] = studies[str(s.path)][len("study-"):]
+    merge_groups(samples, studies)
 
 
 def detect_layout(root: Path) -> str:
@@ -393,23 +412,8 @@ def content_groups(samples: list[Sample], workers: int | None = None) -> None:
     smallest given id, or ``"sha1-<hash prefix>"`` when none had an id. Samples with no
     group and no duplicate keep ``group=None``.
     """
-    parent = list(range(len(samples)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-    first_of_group: dict[str, int] = {}
-    for i, s in enumerate(samples):
-        if s.group is not None:
-            union(i, first_of_group.setdefault(s.group, i))
+    uf = UnionFind(len(samples))
+    uf.join_by_key((i, s.group) for i, s in enumerate(samples) if s.group is not None)
 
     by_size: dict[int, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
@@ -421,20 +425,14 @@ def content_groups(samples: list[Sample], workers: int | None = None) -> None:
     n_workers = workers or min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
         digests = list(pool.map(lambda i: _sha1(Path(samples[i].path)), to_hash))
-    first_of_hash: dict[str, int] = {}
     hash_of: dict[int, str] = {}
     for i, digest in zip(to_hash, digests):
-        if digest is None:
-            continue
-        hash_of[i] = digest
-        samples[i].meta["sha1"] = digest
-        union(i, first_of_hash.setdefault(digest, i))
-
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(samples)):
-        members[find(i)].append(i)
+        if digest is not None:
+            hash_of[i] = digest
+            samples[i].meta["sha1"] = digest
+    uf.join_by_key((i, "sha1:" + d) for i, d in hash_of.items())
     merged = 0
-    for idx in members.values():
+    for idx in uf.components():
         if len(idx) == 1:
             continue
         given = sorted({samples[i].group for i in idx if samples[i].group is not None})

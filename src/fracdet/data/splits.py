@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fracdet.data.labels import FRACTURED
+from fracdet.data.groups import merge_groups
 from fracdet.data.layouts import SPLITS, Dataset, Sample, content_groups
 from fracdet.errors import DatasetError
 
@@ -93,41 +94,6 @@ def assert_no_group_leakage(ds: Dataset) -> None:
         shown = "; ".join(f"group '{g}' in {', '.join(sp)}" for g, sp in leaks[:5])
         more = f" (and {len(leaks) - 5} more)" if len(leaks) > 5 else ""
         raise DatasetError(f"{ds.root}: {len(leaks)} group(s) span several splits: {shown}{more}")
-
-
-def merge_groups(samples: list[Sample], groups: Mapping[str, str]) -> None:
-    """Join each sample's ``group`` with ``groups[str(sample.path)]`` (in place, union-find).
-
-    A merged group is named by its smallest given id, else its smallest extra id.
-    """
-    parent = list(range(len(samples)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[str, int] = {}
-    for i, s in enumerate(samples):
-        keys = [k for k in ("given:" + s.group if s.group is not None else None,
-                            "extra:" + groups[str(s.path)] if str(s.path) in groups else None) if k]
-        for key in keys:
-            j = first.setdefault(key, i)
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(samples)):
-        members[find(i)].append(i)
-    for idx in members.values():
-        given = sorted({samples[i].group for i in idx if samples[i].group is not None})
-        extra = sorted({groups[str(samples[i].path)] for i in idx if str(samples[i].path) in groups})
-        name = given[0] if given else (extra[0] if extra else None)
-        if name is None:
-            continue
-        for i in idx:
-            samples[i].group = name
 
 
 # ----------------------------------------------------------------------------- helpers
