@@ -454,3 +454,20 @@ def test_cli_study_map_for_plain_images(tmp_path, model_path, capsys):
     assert main(["predict", str(tmp_path / "imgs"), "--model", str(model_path), "--by-study",
                  "--study-map", str(bad)]) == 2
     assert "needs 'path' and 'study' columns" in capsys.readouterr().err
+
+
+def test_views_of_one_study_share_a_split_group(tmp_path: Path) -> None:
+    """Two views of one study (same StudyInstanceUID) get one group, so they never straddle splits."""
+    from fracdet.data.layouts import load_dataset
+
+    for label in ("fractured", "not_fractured"):
+        for k in range(3):
+            study = f"1.2.826.0.1.3680043.8.498.{int(label == 'fractured')}{k}"
+            for view in range(2):
+                px = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * (view + 2 * k + 1)
+                write_dicom(tmp_path / label / f"s{k}v{view}.dcm", px, study=study)
+    ds = load_dataset(tmp_path)
+    by_study: dict[str, set] = {}
+    for s in ds.samples:
+        by_study.setdefault(s.meta["study_uid"], set()).add(s.group)
+    assert len(by_study) == 6 and all(len(g) == 1 and None not in g for g in by_study.values())

@@ -572,3 +572,16 @@ def read_frames(path: str | Path, options: DicomOptions | None = None) -> list[A
         _frame_xray(p, ds, per_frame[i], photometric, meta, i, opts.window)
         for i in range(len(per_frame))
     ]
+
+
+def study_uid(path: str | Path) -> str | None:
+    """The StudyInstanceUID of a DICOM file, read from the header only (None if absent or
+    unreadable): views of one study must stay on one side of a split."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"], force=True)
+    except Exception:
+        return None
+    uid = _str(ds, "StudyInstanceUID")
+    return uid or None
