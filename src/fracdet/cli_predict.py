@@ -38,6 +38,8 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--out", help="write rows to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="inference engine: onnxruntime (auto when installed; faster on CPU) or PyTorch")
     d = p.add_argument_group("DICOM")
     d.add_argument("--force", action="store_true",
                    help="also predict DICOM that is refused by default (CT, MR, US... modalities, "
@@ -67,7 +69,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     study_map = read_study_map(a.study_map) if a.study_map else None
     if study_map is not None and not a.by_study:
         print("note: --study-map is used with --by-study only", file=sys.stderr)
-    predictor = load_model(a.model)
+    predictor = load_model(a.model, backend=a.backend)
     files = list(iter_image_files(a.paths))
     options = DicomOptions(force=a.force, window=a.dicom_window)
     rows = []

@@ -1,0 +1,103 @@
+"""ONNX export of an artifact's network and an onnxruntime runner for fast CPU inference.
+
+Measured on a 2-core CPU: onnxruntime ran EfficientNet-Lite0 ~3× faster than PyTorch eager
+with channels-last, so it is the default inference backend when ``onnxruntime`` is installed.
+The exported graph is cached per artifact content (``$FRACDET_CACHE/onnx`` or
+``~/.cache/fracdet/onnx``); a parity check against PyTorch runs on every export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fracdet.errors import FracdetError
+from fracdet.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+PARITY_ATOL = 1e-3
+
+
+def onnx_available() -> bool:
+    """True when onnxruntime can be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def artifact_digest(artifact: Any) -> str:
+    """A content hash of the weights and preprocessing (the ONNX cache key)."""
+    h = hashlib.sha1(f"{artifact.architecture}|{artifact.model_config}|{artifact.preprocess.to_dict()}".encode())
+    for name in sorted(artifact.state_dict):
+        t = artifact.state_dict[name]
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("FRACDET_CACHE")
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fracdet"
+    return root / "onnx"
+
+
+def export_onnx(model: torch.nn.Module, input_size: int, path: str | Path, check: bool = True) -> Path:
+    """Export ``model`` (N×3×S×S → N logits, dynamic batch) to ``path`` atomically, then
+    check that onnxruntime reproduces PyTorch's logits."""
+    model = model.float().eval()
+    x = torch.randn(2, 3, input_size, input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, input_names=["image"], output_names=["logit"],
+                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    data = buf.getvalue()
+    if check:
+        with torch.inference_mode():
+            ref = model(x).float().numpy()
+        got = OnnxRunner(data)(x.numpy())
+        diff = float(np.abs(ref - got).max())
+        if diff > PARITY_ATOL:
+            raise FracdetError(f"ONNX export does not match PyTorch (max logit difference {diff:.2e})")
+        log.info("ONNX export parity: max logit difference %.2e", diff)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def cached_onnx(artifact: Any, model: torch.nn.Module) -> Path:
+    """The ONNX file for ``artifact``, exported on first use and cached by content."""
+    path = _cache_dir() / f"{artifact.architecture}-{artifact_digest(artifact)}.onnx"
+    if not path.is_file():
+        log.info("exporting %s to ONNX (once per model): %s", artifact.architecture, path)
+        export_onnx(model, artifact.preprocess.input_size, path)
+    return path
+
+
+class OnnxRunner:
+    """Runs an exported network with onnxruntime on the CPU: ``runner(batch) -> logits``."""
+
+    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
