@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+default-model: $(STAMP)
+	$(BIN)/fracdet train ../shared/data/fracatlas --out runs/default-fracatlas --epochs1 3 --epochs2 10 --patience 3
+	$(BIN)/python scripts/ship_model.py runs/default-fracatlas
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -252,16 +252,20 @@ def _open(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict
         "frames": getattr(im, "n_frames", 1),
     }
     _check_size(p, im.size)
-    if min_size and im.format == "JPEG":
+    if min_size and im.format == "JPEG" and im.mode in ("RGB", "L"):
+        # Decode straight to luminance (JPEG's Y channel is the ITU-R 601 luma used for
+        # colour files anyway) and, when the file is much larger than needed, at 1/2, 1/4
+        # or 1/8 scale: 3-4x faster decoding, measured on FracAtlas.
         target = max(int(min_size), MIN_SIDE)
         w, h = im.size
+        req = (w, h)
         if min(w, h) >= 2 * target:
             scale = target / min(w, h)
             req = (max(target, math.ceil(w * scale)), max(target, math.ceil(h * scale)))
-            try:
-                im.draft("L", req)
-            except (OSError, ValueError) as exc:  # pragma: no cover - best effort
-                logger.debug("draft failed on %s: %s", p, exc)
+        try:
+            im.draft("L", req)
+        except (OSError, ValueError) as exc:  # pragma: no cover - best effort
+            logger.debug("draft failed on %s: %s", p, exc)
     return im, meta
 
 

@@ -1,0 +1,204 @@
+"""fracdet CPU benchmarks — prints one table; every figure measured in this run.
+
+    python benchmarks/bench.py [--n 1000] [--quick]      (or: make bench)
+
+1. predict end to end on N real JPEGs (FracAtlas from ../shared when present, else generated):
+   images/s and peak memory, fracdet (onnxruntime and PyTorch backends) against a reference
+   implementation of what the reference projects do (torchvision ResNet-50, eager, PIL decode
+   at full size, resize 224, batch 32) on the same images;
+2. training: images/s of phase 1 (frozen backbone) and phase 2 (fine-tuning) steps, and the
+   wall time of the shipped default model's training (from its model card);
+3. scaling: predict throughput and peak memory for N = 100, 1,000, 10,000;
+4. cold start: ``fracdet --help`` and ``fracdet predict`` on one image, process start to output.
+
+Each measurement runs in a fresh subprocess (peak RSS is per process) under the same
+environment as the ``fracdet`` command (tcmalloc when installed).  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
+
+
+# ----------------------------------------------------------------------------- workers (run in subprocesses)
+def _images(n: int) -> list[str]:
+    files = sorted(str(p) for p in FRACATLAS.glob("*/*.jpg")) if FRACATLAS.is_dir() else []
+    if not files:
+        import numpy as np
+        from PIL import Image
+
+        tmp = Path(tempfile.mkdtemp(prefix="fracdet-bench-"))
+        rng = np.random.default_rng(0)
+        for i in range(64):
+            p = tmp / f"synthetic_{i:03d}.jpg"
+            Image.fromarray(rng.integers(0, 255, (1024, 819), dtype=np.uint8)).save(p, quality=92)
+            files.append(str(p))
+    return (files * (n // len(files) + 1))[:n]
+
+
+def _worker_fracdet(n: int, backend: str) -> dict:
+    from fracdet.predict import load_model
+
+    files = _images(n)
+    t0 = time.perf_counter()
+    model = load_model(backend=backend)
+    rows = 0
+    for r in model.predict_paths(files, batch_size=32):
+        rows += r.ok
+    return {"seconds": time.perf_counter() - t0, "images": rows}
+
+
+def _worker_reference(n: int) -> dict:
+    import torch
+    import torchvision
+    from PIL import Image
+
+    files = _images(n)
+    t0 = time.perf_counter()
+    model = torchvision.models.resnet50(weights=None, num_classes=1).eval()
+    tf = torchvision.transforms.Compose([
+        torchvision.transforms.Resize((224, 224)), torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    done = 0
+    with torch.no_grad():
+        for i in range(0, len(files), 32):
+            batch = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[i:i + 32]])
+            torch.sigmoid(model(batch))
+            done += len(batch)
+    return {"seconds": time.perf_counter() - t0, "images": done}
+
+
+def _worker_train(phase: str, steps: int) -> dict:
+    import torch
+
+    from fracdet.models import create_model
+
+    model = create_model("efficientnet_lite0", pretrained=True).to(memory_format=torch.channels_last)
+    if phase == "1":
+        model.freeze_backbone()
+        params = model.head_parameters()
+    else:
+        model.unfreeze_backbone()
+        params = list(model.parameters())
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (32,)).float()
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"seconds": time.perf_counter() - t0, "images": steps * 32}
+
+
+def _worker_main(args: list[str]) -> None:
+    kind = args[0]
+    if kind == "fracdet":
+        out = _worker_fracdet(int(args[1]), args[2])
+    elif kind == "reference":
+        out = _worker_reference(int(args[1]))
+    else:
+        out = _worker_train(args[1], int(args[2]))
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out))
+
+
+# ----------------------------------------------------------------------------- driver
+def _env() -> dict:
+    from fracdet.runtime import find_tcmalloc
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    lib = find_tcmalloc()
+    if lib and os.environ.get("FRACDET_ALLOCATOR", "") not in ("system", "glibc", "0", "off"):
+        env["LD_PRELOAD"] = lib
+    return env
+
+
+def _run(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", *args], env=_env(), capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"benchmark worker {args} failed:\n{proc.stderr[-2000:]}")
+
+
+def _timed(cmd: list[str], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=_env(), capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _row(name: str, r: dict) -> str:
+    return f"| {name} | {r['images'] / r['seconds']:.1f} | {r['peak_mb']:.0f} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="fracdet CPU benchmarks")
+    ap.add_argument("--n", type=int, default=1000, help="images for the predict comparison")
+    ap.add_argument("--quick", action="store_true", help="smaller N everywhere (a smoke run)")
+    a = ap.parse_args()
+    n = 100 if a.quick else a.n
+    from fracdet.runtime import find_tcmalloc
+
+    print(f"# fracdet benchmarks — {os.cpu_count()} CPU cores, allocator "
+          f"{'tcmalloc' if find_tcmalloc() else 'glibc'}, images: "
+          f"{'FracAtlas JPEGs' if FRACATLAS.is_dir() else 'generated 1024×819 JPEGs'}\n")
+    _run("fracdet", "32", "onnx")  # warm the ONNX export cache so it is not timed
+    print(f"## 1. predict end to end, N = {n}\n\n| pipeline | images/s | peak MB |\n|---|---|---|")
+    onnx = _run("fracdet", str(n), "onnx")
+    eager = _run("fracdet", str(n), "torch")
+    ref = _run("reference", str(n))
+    print(_row("fracdet default model, onnxruntime", onnx))
+    print(_row("fracdet default model, PyTorch", eager))
+    print(_row("reference: torchvision ResNet-50 eager, PIL full decode", ref))
+    speed = (onnx["images"] / onnx["seconds"]) / (ref["images"] / ref["seconds"])
+    print(f"\nfracdet (onnxruntime) vs reference: {speed:.1f}×\n")
+
+    steps = 3 if a.quick else 8
+    p1, p2 = _run("train", "1", str(steps)), _run("train", "2", str(steps))
+    print("## 2. training (EfficientNet-Lite0, 224 px, batch 32)\n\n| step | images/s |\n|---|---|")
+    print(f"| phase 1 (frozen backbone) | {p1['images'] / p1['seconds']:.1f} |")
+    print(f"| phase 2 (fine-tuning) | {p2['images'] / p2['seconds']:.1f} |")
+    card = json.loads((REPO / "docs" / "default-model-metrics.json").read_text()) \
+        if (REPO / "docs" / "default-model-metrics.json").is_file() else {}
+    if card.get("training_wall_seconds"):
+        print(f"| default model, whole training | {card['training_wall_seconds'] / 60:.1f} min |")
+    print()
+
+    sizes = [100, 300] if a.quick else [100, 1000, 10000]
+    print("## 3. scaling (onnxruntime)\n\n| N | images/s | peak MB |\n|---|---|---|")
+    for k in sizes:
+        r = _run("fracdet", str(k), "onnx")
+        print(f"| {k} | {r['images'] / r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+    print()
+
+    one = _images(1)[0]
+    fracdet = shutil.which("fracdet") or str(Path(sys.executable).parent / "fracdet")
+    print("## 4. cold start (best of 3)\n\n| command | seconds |\n|---|---|")
+    print(f"| fracdet --help | {_timed([fracdet, '--help']):.2f} |")
+    print(f"| fracdet predict ONE.jpg | {_timed([fracdet, 'predict', one, '--quiet']):.2f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker_main(sys.argv[2:])
+    else:
+        main()
