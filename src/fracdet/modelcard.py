@@ -16,15 +16,96 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _cell(m: dict[str, Any], k: str) -> str:
+    ci = (m.get("ci") or {}).get(k)
+    if ci and ci.get("low") == ci.get("low"):
+        return f"{_fmt(m.get(k, ''))} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    return _fmt(m.get(k, ""))
+
+
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     keys = ["n", "positives", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"]
-    splits = [s for s in ("val", "test") if s in metrics]
+    splits = [s for s in ("val", "test") if isinstance(metrics.get(s), dict)]
     if not splits:
         return ["No held-out metrics were recorded."]
-    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    if "test_before_recalibration" in metrics and "test" not in metrics:
+        splits_note = ["", "Recalibrated: the test metrics measured at the previous operating point are kept in the "
+                           "artifact (`test_before_recalibration`); measure again with `fracdet evaluate`.", ""]
+    else:
+        splits_note = []
+    lines = [*splits_note, "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(_fmt(metrics[s].get(k, "")) for s in splits) + " |")
+        lines.append(f"| {k} | " + " | ".join(_cell(metrics[s], k) for s in splits) + " |")
+    if any("ci" in metrics[s] for s in splits):
+        boot = next((metrics[s].get("bootstrap") for s in splits if metrics[s].get("bootstrap")), {}) or {}
+        lines += ["", f"Brackets: 95% confidence interval (stratified percentile bootstrap, "
+                      f"{boot.get('n_resamples', '')} resamples, seed {boot.get('seed', '')})."]
     return lines
+
+
+def _subgroup_lines(metrics: dict[str, Any]) -> list[str]:
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    subs = test.get("subgroups") or {}
+    if not subs:
+        return ["No subgroup information in the test data (FracAtlas regions, hardware and views; a "
+                "manifest's region column)."]
+    lines = ["Test split, at the main threshold; brackets are 95% bootstrap CIs (wide for small groups).", "",
+             "| grouping | value | n | fractured | ROC-AUC | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
+    for g, vals in subs.items():
+        for v, m in vals.items():
+            lines.append(f"| {g} | {v} | {m.get('n')} | {m.get('positives')} | {_cell(m, 'roc_auc')} | "
+                         f"{_cell(m, 'sensitivity')} | {_cell(m, 'specificity')} |")
+    return lines
+
+
+def _operating_lines(art: ModelArtifact) -> list[str]:
+    doubt = getattr(art, "doubt_threshold", None)
+    fracture = getattr(art, "fracture_threshold", None)
+    lines = [f"- main threshold (label fractured / not fractured): {art.threshold:.4f} — {art.threshold_rule}"]
+    if doubt is not None and fracture is not None and (doubt, fracture) != (art.threshold, art.threshold):
+        lines += [f"- doubt threshold (high sensitivity): {doubt:.4f}; fracture threshold (high specificity): "
+                  f"{fracture:.4f} — verdicts: `no fracture` below the doubt threshold, `fracture` at or above the "
+                  "fracture threshold, `doubt` in between"]
+    else:
+        lines += ["- no separate doubt band: the verdict is `fracture` at or above the threshold, else `no fracture`"]
+    note = getattr(art, "threshold_note", "")
+    if note:
+        lines += ["", "Rationale (stored in the model as `threshold_note`):", "", "```text", note, "```"]
+    return lines
+
+
+def _ensemble_lines(art: ModelArtifact) -> list[str]:
+    if getattr(art, "kind", "single") != "ensemble":
+        return []
+    cfg = art.model_config
+    ens = art.metrics.get("ensemble", {})
+    lines = ["## Ensemble", "",
+             "P = Σ wᵢ σ(zᵢ / Tᵢ) of the members' calibrated probabilities, then the ensemble's own "
+             f"temperature and thresholds. Weights: {ens.get('weights_from', 'given')}.", "",
+             "| member | architecture | input | weight | member T | val ROC-AUC |", "|---|---|---|---|---|---|"]
+    aucs = ens.get("val_auroc_members") or [None] * len(cfg.get("members", []))
+    for m, w, auc in zip(cfg.get("members", []), cfg.get("weights", []), aucs):
+        lines.append(f"| {m.get('source')} | {m.get('architecture')} | {m['preprocess']['input_size']} | {w:.3f} | "
+                     f"{m.get('temperature', 1.0):.3f} | {_fmt(auc) if auc is not None else ''} |")
+    if "val_auroc_ensemble" in ens:
+        lines += ["", f"Ensemble validation ROC-AUC {ens['val_auroc_ensemble']:.3f} on {ens.get('fitted_on')} "
+                      f"({ens.get('n')} images)."]
+    return lines + [""]
+
+
+def _failure_lines(metrics: dict[str, Any]) -> list[str]:
+    """Measured weak spots: the subgroups with the lowest test sensitivity / ROC-AUC."""
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    rows = [(g, v, m) for g, vals in (test.get("subgroups") or {}).items() for v, m in vals.items()
+            if m.get("n", 0) >= 10]
+    out = []
+    for key, name in (("sensitivity", "sensitivity"), ("roc_auc", "ROC-AUC")):
+        vals = [(m.get(key), g, v, m) for g, v, m in rows if m.get(key) == m.get(key) and m.get(key) is not None]
+        if vals:
+            worst = min(vals, key=lambda t: t[0])
+            out.append(f"- lowest test {name} among subgroups (n ≥ 10): {worst[1]} = {worst[2]}, "
+                       f"{_cell(worst[3], key)} (n = {worst[3].get('n')})")
+    return out
 
 
 def _audit_lines(a: dict[str, Any] | None) -> list[str]:
@@ -48,6 +129,13 @@ def _audit_lines(a: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _test_ece(m: dict[str, Any]) -> list[str]:
+    cal = (m.get("test") or {}).get("calibration") if isinstance(m.get("test"), dict) else None
+    if not cal or "ece_after" not in cal:
+        return []
+    return [f"- test ECE {_fmt(cal.get('ece_before', ''))} before → {_fmt(cal['ece_after'])} after temperature scaling"]
+
+
 def render_model_card(art: ModelArtifact) -> str:
     """A Markdown model card: use, data, split, metrics, operating point, limits."""
     t, d, m = art.training, art.data, art.metrics
@@ -64,15 +152,21 @@ def render_model_card(art: ModelArtifact) -> str:
         "not for children's or non-radiograph images unless validated on such data.",
         "",
         "## Model",
-        f"- architecture: `{art.architecture}` {art.model_config}; ImageNet-pretrained: {t.get('pretrained')}",
+        (f"- architecture: `{art.architecture}` {art.model_config}; ImageNet-pretrained: {t.get('pretrained')}"
+         if getattr(art, "kind", "single") != "ensemble" else
+         f"- architecture: ensemble of {len(art.model_config.get('members', []))} models (see Ensemble); each "
+         "member resizes the common input to its own size and normalisation"),
         f"- input: {art.preprocess.input_size}×{art.preprocess.input_size} ({art.preprocess.resize}), "
         f"mean {list(art.preprocess.mean)}, std {list(art.preprocess.std)}; grayscale, bone bright, replicated to 3 channels",
         f"- parameters: {art.describe()['parameters']:,}; fracdet {art.version}; created {art.created}",
-        f"- training: phase 1 (head, frozen backbone) up to {t.get('phase1_epochs')} epochs at lr {t.get('head_lr')}; "
-        f"phase 2 (fine-tuning from {t.get('unfreeze_from') or 'the first stage'}) up to {t.get('phase2_epochs')} epochs "
-        f"at backbone lr {t.get('backbone_lr')} / head lr {t.get('phase2_head_lr')}; {t.get('optimizer')}, "
-        f"{t.get('scheduler')} schedule, early stopping on {t.get('monitor')}, class weighting {t.get('class_weighting')}, "
-        f"seed {t.get('seed')}; {t.get('epochs_run')} epochs run",
+        (f"- training: phase 1 (head, frozen backbone) up to {t.get('phase1_epochs')} epochs at lr {t.get('head_lr')}; "
+         f"phase 2 (fine-tuning from {t.get('unfreeze_from') or 'the first stage'}) up to {t.get('phase2_epochs')} epochs "
+         f"at backbone lr {t.get('backbone_lr')} / head lr {t.get('phase2_head_lr')}; {t.get('optimizer')}, "
+         f"{t.get('scheduler')} schedule, early stopping on {t.get('monitor')}, class weighting {t.get('class_weighting')}, "
+         f"seed {t.get('seed')}; {t.get('epochs_run')} epochs run"
+         if getattr(art, "kind", "single") != "ensemble" else
+         "- training: the members were trained separately (their own model cards); the ensemble fits only its "
+         "weights, temperature and thresholds"),
         "",
         "## Data and split",
         f"- source: `{d.get('root')}` (layout {d.get('layout')}); {d.get('count')} images, "
@@ -80,6 +174,10 @@ def render_model_card(art: ModelArtifact) -> str:
         f"- split: group-aware stratified {t.get('fractions')} (duplicate groups and identical files never "
         f"straddle two splits), seed {t.get('seed')}; per split: {d.get('splits', d.get('per_split', ''))}",
         *_audit_lines(d.get("audit")),
+        *([f"- recalibrated (`fracdet calibrate`) on {d['calibrated_on'].get('which')} of "
+           f"`{d['calibrated_on'].get('data')}` ({d['calibrated_on'].get('n')} images, "
+           f"{d['calibrated_on'].get('positives')} fractured): temperature and thresholds below come from there"]
+          if isinstance(d.get("calibrated_on"), dict) else []),
         "",
         "## Metrics",
         "Measured at the stored threshold with calibrated probabilities; val is the split the threshold "
@@ -87,18 +185,28 @@ def render_model_card(art: ModelArtifact) -> str:
         "",
         *_metrics_table(m),
         "",
-        "## Calibration and operating point",
-        f"- temperature scaling: T = {art.temperature:.3f} (validation ECE {_fmt(cal.get('val_ece_before', ''))} → "
-        f"{_fmt(cal.get('val_ece_after', ''))})",
-        f"- threshold: {art.threshold:.4f} — {art.threshold_rule}",
+        "## Metrics by subgroup",
         "",
-        "## Known limitations",
+        *_subgroup_lines(m),
+        "",
+        "## Calibration and operating points",
+        f"- temperature scaling: T = {art.temperature:.3f} fitted on {cal.get('fitted_on', 'the validation split')} "
+        f"(validation ECE {_fmt(cal.get('val_ece_before', ''))} before → {_fmt(cal.get('val_ece_after', ''))} after; "
+        f"10 equal-width bins)",
+        *_test_ece(m),
+        *_operating_lines(art),
+        "",
+        *_ensemble_lines(art),
+        "## Known limitations and failure modes",
+        *_failure_lines(m),
         "- Trained on a few thousand images from one public dataset; performance on other hospitals, "
         "devices, projections and populations is unknown until measured there (recalibrate on local data).",
         "- One image at a time: no comparison views, no patient history; subtle or occult fractures are missed.",
         "- Orthopaedic hardware, casts, multi-view composites and paediatric growth plates are known confounders.",
         "- Probabilities are calibrated on the validation split only; the prevalence of fractures there "
         "shapes PPV/NPV.",
+        "- Small subgroups (e.g. shoulder, hip, oblique views in FracAtlas) have wide confidence intervals: their "
+        "numbers say little until measured on more data.",
         "",
     ]
     return "\n".join(lines)
