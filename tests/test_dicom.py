@@ -462,7 +462,7 @@ def test_views_of_one_study_share_a_split_group(tmp_path: Path) -> None:
 
     for label in ("fractured", "not_fractured"):
         for k in range(3):
-            study = f"1.2.826.0.1.3680043.8.498.{int(label == 'fractured')}{k}"
+            study = f"1.2.826.0.1.3680043.8.498.{1 + int(label == 'fractured')}{k + 1}"
             for view in range(2):
                 px = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * (view + 2 * k + 1)
                 write_dicom(tmp_path / label / f"s{k}v{view}.dcm", px, study=study)

@@ -72,6 +72,21 @@ def test_phase1_trains_only_the_head_and_phase2_the_backbone(tmp_path):
     assert not torch.equal(sd2["backbone.block4.0.weight"], init["backbone.block4.0.weight"].half())
 
 
+def test_refinish_rebuilds_the_artifact_from_the_checkpoint(tmp_path):
+    from fracdet.train import refinish
+
+    data = make_class_folders(tmp_path / "data", 8)
+    first = train(_cfg(data, tmp_path / "run", augment=AugmentConfig.off()))
+    a = load_artifact(first.artifact_path)
+    first.artifact_path.unlink()
+    again = refinish(tmp_path / "run")
+    b = load_artifact(again.artifact_path)
+    assert set(a.state_dict) == set(b.state_dict)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert b.threshold == pytest.approx(a.threshold) and b.temperature == pytest.approx(a.temperature)
+    assert b.metrics["test"]["roc_auc"] == pytest.approx(a.metrics["test"]["roc_auc"])
+
+
 @pytest.mark.parametrize("opt,sched", [("sgd", "cosine"), ("adam", "none")])
 def test_optimizers_and_schedules(tmp_path, opt, sched):
     data = make_class_folders(tmp_path / "data", 6)

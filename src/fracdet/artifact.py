@@ -24,7 +24,7 @@ from fracdet.transforms import PreprocessSpec
 log = logging.getLogger(__name__)
 
 FORMAT = "fracdet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: kind "ensemble", doubt/fracture thresholds, threshold note (1 still loads)
 DEFAULT_MODEL_NAME = "default.fracdet"
 
 
@@ -40,17 +40,39 @@ class ModelArtifact:
     threshold: float = 0.5
     threshold_rule: str = "default 0.5"
     temperature: float = 1.0
+    doubt_threshold: float | None = None  # high-sensitivity point; None: same as ``threshold``
+    fracture_threshold: float | None = None  # high-specificity point; None: same as ``threshold``
+    threshold_note: str = ""  # written rationale of the operating points
+    kind: str = "single"  # or "ensemble" (architecture "ensemble", members in model_config)
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
+    def __post_init__(self) -> None:
+        if self.doubt_threshold is None:
+            self.doubt_threshold = self.threshold
+        if self.fracture_threshold is None:
+            self.fracture_threshold = self.threshold
+
+    def verdict(self, probability: float | None) -> str | None:
+        """``fracture`` / ``doubt`` / ``no fracture`` at the stored operating points."""
+        from fracdet.operating import verdict
+
+        return verdict(probability, float(self.doubt_threshold), float(self.fracture_threshold))  # type: ignore[arg-type]
+
     def build_model(self) -> torch.nn.Module:
-        """Re-create the network (no pretrained download) and load the stored weights."""
+        """Re-create the network (no pretrained download) and load the stored weights.
+        An ensemble gives one module computing the fused logit (see :mod:`fracdet.models.ensemble`)."""
         from fracdet.models import create_model
 
-        model = create_model(self.architecture, pretrained=False, **self.model_config)
+        if self.kind == "ensemble":
+            from fracdet.models.ensemble import EnsembleNet
+
+            model = EnsembleNet.from_config(self.model_config)
+        else:
+            model = create_model(self.architecture, pretrained=False, **self.model_config)
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -70,6 +92,10 @@ class ModelArtifact:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "temperature": self.temperature,
+            "doubt_threshold": self.doubt_threshold,
+            "fracture_threshold": self.fracture_threshold,
+            "threshold_note": self.threshold_note,
+            "kind": self.kind,
             "training": self.training,
             "data": self.data,
             "metrics": self.metrics,
@@ -88,7 +114,6 @@ def save_artifact(art: ModelArtifact, path: str | Path, half: bool = True) -> Pa
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": "single",
         "state_dict": state,
         "weights_dtype": "float16" if half else "float32",
         **{k: v for k, v in art.describe().items() if k != "parameters"},
@@ -124,12 +149,20 @@ def load_artifact(path: str | Path | None = None) -> ModelArtifact:
         threshold=float(payload.get("threshold", 0.5)),
         threshold_rule=str(payload.get("threshold_rule", "")),
         temperature=float(payload.get("temperature", 1.0)),
+        doubt_threshold=_opt_float(payload.get("doubt_threshold")),
+        fracture_threshold=_opt_float(payload.get("fracture_threshold")),
+        threshold_note=str(payload.get("threshold_note", "")),
+        kind=str(payload.get("kind", "single")),
         training=dict(payload.get("training", {})),
         data=dict(payload.get("data", {})),
         metrics=dict(payload.get("metrics", {})),
         version=str(payload.get("version", "")),
         created=str(payload.get("created", "")),
     )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def default_model_path() -> Path:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 from fracdet import __version__
 from fracdet.cli_audit import add_audit, add_split
+from fracdet.cli_clinical import add_calibrate, add_ensemble
+from fracdet.cli_explain import add_explain
 from fracdet.cli_predict import add_predict
 
 log = logging.getLogger("fracdet")
@@ -36,7 +38,7 @@ def _setup_logging(verbose: int) -> None:
 # ---------------------------------------------------------------- train
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a classifier (two phases) and write a run folder with the model")
-    p.add_argument("data", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
+    p.add_argument("data", nargs="?", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
     p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
     p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
@@ -80,12 +82,22 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--limit-train-batches", type=float, help=argparse.SUPPRESS)
     p.add_argument("--limit-val-batches", type=float, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--refinish", metavar="RUN_DIR",
+                   help="no training: redo calibration, operating points, evaluation and the artifact of RUN_DIR "
+                        "from its config and best checkpoint (after an interruption or a fracdet upgrade)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from fracdet.config import TrainConfig
-    from fracdet.train import train
+    from fracdet.errors import FracdetError
+    from fracdet.train import refinish, train
+
+    if a.refinish:
+        _print_run_summary(refinish(a.refinish))
+        return 0
+    if not a.data:
+        raise FracdetError("fracdet train: give the DATA to train on (or --refinish RUN_DIR)")
 
     cfg = TrainConfig(data=a.data, layout=a.layout, out=a.out)
     for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
@@ -137,6 +149,18 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dedupe-against", metavar="TRAIN_DATA",
                    help="drop test images that duplicate or near-duplicate these training images; report both ways")
+    p.add_argument("--boxes", metavar="COCO_JSON",
+                   help="fracture boxes (COCO): score where the heatmaps point on the fractured images that "
+                   "have boxes (pointing game, energy in box, IoU) against centre and bone baselines")
+    p.add_argument("--cam-methods", default="gradcam,gradcam++,eigencam",
+                   help="comma-separated CAM methods scored with --boxes (default gradcam,gradcam++,eigencam)")
+    c = p.add_argument_group("clinical report")
+    c.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the image, its mirror and ±10° rotations (4× slower)")
+    c.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="stratified bootstrap resamples for the 95%% confidence intervals (default 1000)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--run", metavar="RUN_DIR", help="training run folder: its training curves go into the report")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -144,9 +168,15 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from fracdet.evaluate import evaluate
 
     r = evaluate(a.data, a.model, out_dir=a.out, split=a.split, layout=a.layout, batch_size=a.batch_size,
-                 dedupe_against=a.dedupe_against)
+                 dedupe_against=a.dedupe_against, boxes=a.boxes,
+                 cam_methods=[m for m in a.cam_methods.split(",") if m.strip()], tta=a.tta,
+                 n_resamples=a.bootstrap, seed=a.seed, run_dir=a.run)
     print(f"evaluated on {r.split_note}\n")
     print(r.table)
+    if "ci" in r.metrics:
+        from fracdet.metrics import format_ci
+
+        print("\n" + format_ci(r.metrics["ci"]))
     print(f"\n{r.metrics['classification_report']}")
     dd = r.metrics.get("deduped")
     if dd is not None:
@@ -154,7 +184,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
               f"duplicate training images")
         for k in ("roc_auc", "accuracy", "sensitivity", "specificity"):
             print(f"  {k:<12} all {r.metrics.get(k, float('nan')):.3f}   deduplicated {dd.get(k, float('nan')):.3f}")
-    print(f"written: {r.out_dir}/metrics.json, metrics.txt, roc_curve.png, confusion_matrix.png, predictions.csv")
+    if "localisation" in r.metrics:
+        from fracdet.localisation import format_localisation
+
+        print(f"\nlocalisation against {a.boxes} (fractured images with boxes):\n"
+              f"{format_localisation(r.metrics['localisation'])}\n"
+              f"example overlays: {r.out_dir}/localisation/examples/")
+    print(f"written: {r.out_dir}/report.html, metrics.json, metrics.txt, predictions.csv and the figures")
     return 0
 
 
@@ -199,8 +235,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, add_audit, add_split,
-                                         _add_models, _add_info]
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, add_explain, add_audit, add_split,
+                                         add_calibrate, add_ensemble, _add_models, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,8 +38,17 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--out", help="write rows to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities of the image, its mirror and "
+                   "±10° rotations (4× slower; PyTorch backend)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
                    help="inference engine: onnxruntime (auto when installed; faster on CPU) or PyTorch")
+    h = p.add_argument_group("heatmaps")
+    h.add_argument("--heatmaps", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write a heatmap overlay PNG and the raw map (.npy) per image into DIR "
+                   "(default: beside --out, as OUT-heatmaps/, else ./heatmaps)")
+    h.add_argument("--cam-method", default="gradcam",
+                   help="CAM method for --heatmaps: gradcam, gradcam++, eigencam, scorecam")
     d = p.add_argument_group("DICOM")
     d.add_argument("--force", action="store_true",
                    help="also predict DICOM that is refused by default (CT, MR, US... modalities, "
@@ -69,13 +78,21 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     study_map = read_study_map(a.study_map) if a.study_map else None
     if study_map is not None and not a.by_study:
         print("note: --study-map is used with --by-study only", file=sys.stderr)
-    predictor = load_model(a.model, backend=a.backend)
+    predictor = load_model(a.model, backend=a.backend, tta=a.tta)
     files = list(iter_image_files(a.paths))
     options = DicomOptions(force=a.force, window=a.dicom_window)
     rows = []
     with PredictionWriter(a.out) as writer:
-        stream = predictor.predict_paths(files, batch_size=a.batch_size, dicom=options)
+        stream = predictor.predict_paths(files, batch_size=a.batch_size, dicom=options,
+                                         heatmaps=a.heatmaps is not None, cam_method=a.cam_method)
+        overlays = None
+        if a.heatmaps is not None:
+            from fracdet.cli_explain import OverlayWriter, heatmap_dir
+
+            overlays = OverlayWriter(heatmap_dir(a.heatmaps, a.out), a.cam_method, options)
         for pred in progress_over(stream, "predicting", total=len(files)):
+            if overlays is not None:
+                overlays.add(pred)  # writes PNG + .npy, then drops the map from memory
             if not a.by_study:
                 writer.add(pred)
             rows.append(pred)
@@ -113,12 +130,13 @@ def _print_predictions(rows: Sequence[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("path", "probability", "label", "threshold", "error")
+    table = Table("path", "probability", "label", "verdict", "threshold", "error")
     table.columns[0].overflow = "fold"
     for r in rows:
         prob = f"{r.probability:.3f}" if r.probability is not None else ""
         style = "red" if not r.ok else ("bold" if r.label == "fractured" else "")
-        table.add_row(_shown_path(r), prob, r.label or "", f"{r.threshold:.3f}", r.error or "", style=style)
+        table.add_row(_shown_path(r), prob, r.label or "", r.verdict or "", f"{r.threshold:.3f}", r.error or "",
+                      style=style)
     Console(width=max(120, len(max((_shown_path(r) for r in rows), key=len, default="")) + 60)).print(table)
 
 

@@ -32,8 +32,13 @@ class EvaluationResult:
 
 
 def write_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, threshold: float,
-                     labels: Sequence[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute the metrics and write metrics.json, metrics.txt, roc.png and confusion_matrix.png."""
+                     labels: Sequence[str], extra: dict[str, Any] | None = None,
+                     report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute the metrics and write metrics.json, metrics.txt, roc.png and confusion_matrix.png.
+
+    ``report``: also the clinical evaluation — keyword arguments of
+    :func:`fracdet.report.clinical_evaluation` (CIs, subgroups, calibration, operating points,
+    figures) plus ``title`` and ``model_info`` — and the self-contained ``report.html``."""
     from fracdet.plots import plot_confusion, plot_roc
 
     out = Path(out_dir)
@@ -42,11 +47,26 @@ def write_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, thres
     m["classification_report"] = classification_report(y, prob, threshold, list(labels))
     if extra:
         m.update(extra)
-    write_json(out / "metrics.json", m)
-    write_text(out / "metrics.txt", format_table(m) + "\n\n" + m["classification_report"])
-    if m["positives"] and m["negatives"]:
+    report = dict(report) if report is not None else None
+    if report is not None:
+        from fracdet.report import clinical_evaluation
+
+        title, info = report.pop("title", "fracdet evaluation"), report.pop("model_info", None)
+        m.update(clinical_evaluation(out, y, prob, threshold, **report))
+    elif m["positives"] and m["negatives"]:
         plot_roc(y, prob, m["roc_auc"], threshold, out / "roc_curve.png")
+    write_json(out / "metrics.json", m)
+    table = format_table(m)
+    if report is not None:
+        from fracdet.metrics import format_ci
+
+        table += "\n\n" + format_ci(m["ci"])
+    write_text(out / "metrics.txt", table + "\n\n" + m["classification_report"])
     plot_confusion(m["confusion_matrix"], labels, out / "confusion_matrix.png")
+    if report is not None:
+        from fracdet.report import write_html_report
+
+        write_html_report(out / "report.html", m, out, title=title, model_info=info)
     return m
 
 
@@ -81,30 +101,55 @@ def select_samples(ds: Dataset, split: str, training: dict[str, Any],
 
 def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | Path = "evaluation",
              split: str = "auto", layout: str = "auto", batch_size: int = 32,
-             dedupe_against: str | Path | None = None) -> EvaluationResult:
+             dedupe_against: str | Path | None = None, boxes: str | Path | None = None,
+             cam_methods: Sequence[str] = ("gradcam", "gradcam++", "eigencam"), tta: bool = False,
+             n_resamples: int = 1000, seed: int = 0, run_dir: str | Path | None = None) -> EvaluationResult:
     """Evaluate a model artifact on labelled data and write the results to ``out_dir``.
 
     ``dedupe_against``: training data; test images that duplicate any of its images (exact,
     pixel-identical or near, see :mod:`fracdet.data.audit`) are dropped for a second set of
     metrics (``metrics["deduped"]``), so both numbers are reported. When it has splits, its
     train and val splits are the reference (its test split was not trained on).
+
+    ``boxes``: a COCO JSON of fracture boxes; the fractured images that have boxes are scored
+    per CAM method in ``cam_methods`` against baselines (``metrics["localisation"]``, see
+    :mod:`fracdet.localisation`), with example overlays in ``out_dir/localisation/examples``.
+
+    Also written: bootstrap CIs (``n_resamples``, ``seed``), subgroups, calibration, operating
+    points and verdicts, figures and the self-contained ``report.html`` (:mod:`fracdet.report`;
+    ``run_dir``: a training run folder whose curves go into it). ``tta``: test-time augmentation.
     """
     from fracdet.predict import Predictor, collect_logits
 
     art = load_artifact(model)
-    predictor = Predictor(art)
+    predictor = Predictor(art, tta=tta)
     ds = load_dataset(data, layout=layout)
     samples, note = select_samples(ds, split, art.training, art.data)
-    logits, y, idx = collect_logits(predictor.model, samples, predictor.transform, batch_size)
+    logits, y, idx = collect_logits(predictor.tta_model or predictor.model, samples, predictor.transform, batch_size)
     if len(y) == 0:
         raise DatasetError(f"{data}: no readable images to evaluate")
     prob = calibrated_probability(logits, art.temperature)
     skipped = len(samples) - len(y)
-    extra: dict[str, Any] = {"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default")}
+    extra: dict[str, Any] = {"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default"),
+                             "tta": tta}
     if dedupe_against is not None:
         extra["deduped"] = _deduped_metrics(dedupe_against, [samples[i] for i in idx], y, prob, art.threshold)
-    m = write_evaluation(out_dir, y, prob, art.threshold, art.labels, extra=extra)
-    _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold)
+    if boxes is not None:  # where the heatmaps point, on the fractured images with boxes
+        from fracdet.localisation import evaluate_localisation, load_coco_boxes
+
+        fractured = [samples[i] for i, t in zip(idx, y) if t == 1]
+        extra["localisation"] = evaluate_localisation(
+            predictor, fractured, load_coco_boxes(boxes), cam_methods, Path(out_dir) / "localisation").summary
+    info = {**{k: v for k, v in art.describe().items() if k in ("architecture", "threshold_rule", "threshold_note")},
+            "calibration": art.metrics.get("calibration", {}), "model": str(model or "default"),
+            "fracdet_version": art.version}
+    m = write_evaluation(out_dir, y, prob, art.threshold, art.labels, extra=extra, report=dict(
+        doubt_threshold=art.doubt_threshold, fracture_threshold=art.fracture_threshold,
+        logits=None if tta else logits, temperature=art.temperature, samples=[samples[i] for i in idx],
+        n_resamples=n_resamples, seed=seed, run_dir=run_dir, model_info=info,
+        title=f"fracdet evaluation: {Path(str(model)).name if model else 'default model'}"))
+    _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold,
+                       art.verdict)
     return EvaluationResult(m, format_table(m), Path(out_dir), note)
 
 
@@ -131,10 +176,12 @@ def _deduped_metrics(reference: str | Path, samples: list[Sample], y: np.ndarray
     return out
 
 
-def _write_predictions(path: Path, samples: list[Sample], y: np.ndarray, prob: np.ndarray, threshold: float) -> None:
+def _write_predictions(path: Path, samples: list[Sample], y: np.ndarray, prob: np.ndarray, threshold: float,
+                       verdict: Any = None) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "true_label", "probability", "predicted_label", "threshold", "region"])
+    w.writerow(["path", "true_label", "probability", "predicted_label", "verdict", "threshold", "region"])
     for s, t, p in zip(samples, y, prob):
-        w.writerow([s.path, int(t), f"{p:.6f}", int(p >= threshold), threshold, s.region or ""])
+        w.writerow([s.path, int(t), f"{p:.6f}", int(p >= threshold), verdict(float(p)) if verdict else "",
+                    threshold, s.region or ""])
     write_text(path, buf.getvalue())

@@ -23,6 +23,7 @@ from fracdet.calibration import calibrated_probability
 from fracdet.errors import FracdetError, ImageReadError
 from fracdet.io.dicom import DicomOptions, dicom_options, read_frames
 from fracdet.io.images import XRay, is_dicom_file, iter_image_files, read_image
+from fracdet.operating import verdict
 from fracdet.transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class Prediction:
     logit: float | None = None
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    """H×W float32 in [0, 1] at the original size, when asked for (see fracdet.explain)."""
+    verdict: str | None = None
+    """``fracture`` / ``doubt`` / ``no fracture`` at the model's two operating points (see fracdet.operating)."""
 
     @property
     def ok(self) -> bool:
@@ -50,7 +55,12 @@ class Prediction:
 
     def to_row(self) -> dict[str, Any]:
         """Flat row for CSV/JSON output (plus the DICOM keys of ``meta`` when present)."""
-        d = asdict(self)
+        heatmap, self.heatmap = self.heatmap, None  # rows never carry the map
+        try:
+            d = asdict(self)
+        finally:
+            self.heatmap = heatmap
+        d.pop("heatmap")
         meta = d.pop("meta")
         for key in ROW_META_KEYS:
             if meta.get(key) not in (None, ""):
@@ -179,12 +189,19 @@ def group_by_study(
 class Predictor:
     """A loaded model ready to predict; built from an artifact and nothing else."""
 
-    def __init__(self, artifact: ModelArtifact, threads: int | None = None, backend: str = "auto") -> None:
+    def __init__(self, artifact: ModelArtifact, threads: int | None = None, backend: str = "auto",
+                 tta: bool = False) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.artifact = artifact
         self.model = artifact.build_model().to(memory_format=torch.channels_last)
-        self.backend = _choose_backend(backend)
+        self.backend = _choose_backend("torch" if tta else backend)
+        self.tta_model = None  # ``tta``: flip + small rotations averaged in probability space (fracdet.tta)
+        if tta:
+            from fracdet.tta import with_tta
+
+            self.tta_model = with_tta(self.model, artifact)
+        self.decode_threads = 1  # decode/preprocess beside inference (0 = in line); see benchmarks/bench.py
         self._onnx: Any = None
         if self.backend == "onnx":
             from fracdet.export import OnnxRunner, cached_onnx
@@ -194,6 +211,9 @@ class Predictor:
         self.threshold = artifact.threshold
         self.temperature = artifact.temperature
         self.labels = artifact.labels
+        doubt, fracture = getattr(artifact, "doubt_threshold", None), getattr(artifact, "fracture_threshold", None)
+        self.doubt_threshold = self.threshold if doubt is None else float(doubt)
+        self.fracture_threshold = self.threshold if fracture is None else float(fracture)
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, backend: str = "auto") -> "Predictor":
@@ -205,6 +225,7 @@ class Predictor:
             Prediction(
                 path=x.path, probability=float(p), label=self.labels[int(p >= self.threshold)],
                 threshold=self.threshold, logit=float(z), meta=dict(x.meta),
+                verdict=verdict(float(p), self.doubt_threshold, self.fracture_threshold),
             )
             for x, p, z in zip(items, probs, logits)
         ]
@@ -214,10 +235,13 @@ class Predictor:
         """Raw logits for a batch of prepared inputs N×C×S×S (onnxruntime or PyTorch)."""
         if self._onnx is not None:
             return self._onnx(batch.numpy())
+        if self.tta_model is not None:
+            return self.tta_model(batch).float().numpy()
         return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
 
     def predict(self, image: str | Path | np.ndarray | XRay,
-                dicom: DicomOptions | None = None) -> Prediction:
+                dicom: DicomOptions | None = None, heatmap: bool = False,
+                cam_method: str = "gradcam") -> Prediction:
         """Predict one image given as a path, an H×W [0, 1] array (bone bright) or an XRay
         (a multi-frame DICOM path: frame 0; :meth:`predict_paths` gives every frame)."""
         if isinstance(image, np.ndarray):
@@ -225,7 +249,13 @@ class Predictor:
         elif not isinstance(image, XRay):
             with dicom_options(dicom or DicomOptions()):
                 image = read_image(image, min_size=self.artifact.preprocess.input_size)
-        return self._results(self.logits(self.transform(image.pixels)[None]), [image])[0]
+        batch = self.transform(image.pixels)[None]
+        pred = self._results(self.logits(batch), [image])[0]
+        if heatmap:  # ``heatmap=True``: the CAM (``cam_method``) at the original size
+            from fracdet.explain import heatmaps
+
+            pred.heatmap = heatmaps(self.model, batch, [image], cam_method, self.artifact.preprocess.resize)[0]
+        return pred
 
     def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
         return Prediction(path=str(path), probability=None, label=None, threshold=self.threshold,
@@ -240,7 +270,7 @@ class Predictor:
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 32,
         on_result: Callable[[Prediction], None] | None = None,
-        dicom: DicomOptions | None = None,
+        dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "gradcam",
     ) -> Iterator[Prediction]:
         """Stream predictions for files and folders (recursively), in batches, in input
         order; a bad file yields one error row and the batch goes on. A DICOM file gives
@@ -255,23 +285,36 @@ class Predictor:
             done = iter(self._results(self.logits(torch.stack([t for _, t in ready])),
                                       [x for x, _ in ready]) if ready else [])
             out = [q if isinstance(q, Prediction) else next(done) for q in queue]
+            if heatmaps and ready:  # ``heatmaps=True``: each prediction carries its CAM
+                from fracdet.explain import heatmaps as cams
+
+                maps = iter(cams(self.model, torch.stack([t for _, t in ready]), [x for x, _ in ready],
+                                 cam_method, self.artifact.preprocess.resize))
+                for q, o in zip(queue, out):
+                    if not isinstance(q, Prediction):
+                        o.heatmap = next(maps)
             queue.clear()
             return out
 
-        for path in iter_image_files(paths):
+        def load(path: Path) -> list[tuple[XRay, torch.Tensor]] | Prediction:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     xrays = self._read(path, size, dicom)
                 for w in caught:
                     log.warning("%s", w.message)
-                prepared = [(x, self.transform(x.pixels)) for x in xrays]
+                return [(x, self.transform(x.pixels)) for x in xrays]
             except ImageReadError as exc:
-                queue.append(self._error_row(path, exc.reason, exc))
-                prepared = []
+                return self._error_row(path, exc.reason, exc)
             except FracdetError as exc:
-                queue.append(self._error_row(path, str(exc), exc))
+                return self._error_row(path, str(exc), exc)
+
+        for loaded in _prefetch(load, iter_image_files(paths), depth=2 * batch_size, threads=self.decode_threads):
+            if isinstance(loaded, Prediction):
+                queue.append(loaded)
                 prepared = []
+            else:
+                prepared = loaded
             if not prepared and n_ready == 0:
                 yield from flush()  # nothing waiting: report the error now
                 continue
@@ -282,6 +325,25 @@ class Predictor:
                     yield from flush()
                     n_ready = 0
         yield from flush()
+
+
+def _prefetch(fn: Callable[[Any], Any], items: Iterable[Any], depth: int, threads: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, computed ``threads``-wide up to ``depth`` items ahead, so
+    decoding overlaps inference (PIL and the resize release the GIL) and memory stays flat."""
+    if threads <= 0:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque[Any] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fracdet-decode") as pool:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _choose_backend(backend: str) -> str:
@@ -299,10 +361,11 @@ def _choose_backend(backend: str) -> str:
     return "torch"
 
 
-def load_model(path: str | Path | None = None, backend: str = "auto") -> Predictor:
+def load_model(path: str | Path | None = None, backend: str = "auto", tta: bool = False) -> Predictor:
     """Load an artifact (the shipped default when ``path`` is None) as a :class:`Predictor`;
-    ``backend`` is 'auto' (onnxruntime when installed), 'onnx' or 'torch'."""
-    return Predictor(load_artifact(path), backend=backend)
+    ``backend`` is 'auto' (onnxruntime when installed), 'onnx' or 'torch'; ``tta``:
+    test-time augmentation (PyTorch backend)."""
+    return Predictor(load_artifact(path), backend=backend, tta=tta)
 
 
 @torch.inference_mode()

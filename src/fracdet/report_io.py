@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 from fracdet.fsutil import write_text
 
 T = TypeVar("T")
-COLUMNS = ["path", "probability", "label", "threshold", "logit", "error"]
+COLUMNS = ["path", "probability", "label", "verdict", "threshold", "logit", "error"]
 STUDY_COLUMNS = ["level", "study"]
 """Leading columns of ``--by-study`` CSVs (a study row, then its ``view`` rows)."""
 EXTRA_COLUMNS = ["n_views", "aggregation", "frame", "modality", "body_part", "view",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 import logging
 import os
 import warnings
@@ -31,7 +32,7 @@ from fracdet.data.loader import make_loader
 from fracdet.data.splits import assert_no_group_leakage, split_dataset
 from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
-from fracdet.metrics import binary_metrics, youden_threshold
+from fracdet.metrics import binary_metrics
 from fracdet.models import FracNet, create_model
 from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 
@@ -312,21 +313,32 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     val_logits, val_y, _ = collect_logits(model, ds.by_split("val"), transform, cfg.batch_size)
     temperature = fit_temperature(val_logits, val_y)
     val_prob = calibrated_probability(val_logits, temperature)
-    threshold = youden_threshold(val_y, val_prob)
+    ops = _operating_points(val_y, val_prob)
+    threshold = ops.threshold
     metrics: dict[str, Any] = {
         "val": binary_metrics(val_y, val_prob, threshold),
         "calibration": {
             "temperature": temperature,
             "val_ece_before": expected_calibration_error(calibrated_probability(val_logits, 1.0), val_y),
             "val_ece_after": expected_calibration_error(val_prob, val_y),
+            "fitted_on": "the validation split",
         },
+        "operating_points": {"rule": ops.rule, "achieved": ops.achieved},
     }
     test_s = ds.by_split("test")
     if test_s:
-        test_logits, test_y, _ = collect_logits(model, test_s, transform, cfg.batch_size)
+        test_logits, test_y, test_idx = collect_logits(model, test_s, transform, cfg.batch_size)
         test_prob = calibrated_probability(test_logits, temperature)
-        metrics["test"] = binary_metrics(test_y, test_prob, threshold)
-        write_evaluation(run_dir / "eval-test", test_y, test_prob, threshold, ["not fractured", "fractured"])
+        info = {"architecture": cfg.model, "threshold_rule": ops.threshold_rule, "threshold_note": ops.note,
+                "calibration": metrics["calibration"], "model": str(run_dir / "model.fracdet"),
+                "fracdet_version": __version__}
+        test_m = write_evaluation(run_dir / "eval-test", test_y, test_prob, threshold, ["not fractured", "fractured"],
+                                  extra={"evaluated_on": "the test split", "model": info["model"]}, report=dict(
+                                      doubt_threshold=ops.doubt_threshold, fracture_threshold=ops.fracture_threshold,
+                                      logits=test_logits, temperature=temperature,
+                                      samples=[test_s[i] for i in test_idx], run_dir=run_dir if rows else None,
+                                      model_info=info, title=f"fracdet {cfg.model}: test split"))
+        metrics["test"] = {k: v for k, v in test_m.items() if k not in ("classification_report", "figures")}
     if rows:
         plot_training_curves(rows, run_dir / "curves.png")
     art = ModelArtifact(
@@ -335,9 +347,11 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
         preprocess=spec,
         model_config={"head_hidden": cfg.head_hidden, "dropout": cfg.dropout},
         threshold=threshold,
-        threshold_rule="Youden's J (sensitivity + specificity − 1) maximised on the validation split, "
-                       "after temperature scaling fitted on the same split",
+        threshold_rule=ops.threshold_rule,
         temperature=temperature,
+        doubt_threshold=ops.doubt_threshold,
+        fracture_threshold=ops.fracture_threshold,
+        threshold_note=ops.note,
         training={**cfg.to_dict(), "epochs_run": len(rows), "fracdet_version": __version__},
         data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv",
               **getattr(ds, "audit_summary", {})},
@@ -347,6 +361,45 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "model_card.md", render_model_card(art))
     return TrainResult(run_dir, artifact_path, metrics)
+
+
+def _operating_points(y: Any, prob: Any) -> Any:
+    """Youden's J main threshold plus doubt / fracture points on validation (0.5 for all three
+    when the validation split lacks a class)."""
+    from fracdet.operating import OperatingPoints, choose_operating_points
+
+    if len(set(int(v) for v in y)) < 2:
+        return OperatingPoints(0.5, "default 0.5 (the validation split lacks a class)", 0.5, 0.5,
+                               note="The validation split lacks a class: default threshold 0.5, no doubt band.")
+    return choose_operating_points(y, prob)
+
+
+def refinish(run_dir: str | Path) -> TrainResult:
+    """Redo a run's last step — calibration, operating points, test evaluation, artifact and
+    model card — from its saved config, split data and best checkpoint, without training.
+
+    For a run that was interrupted after training, or to rebuild an artifact with a newer
+    fracdet.  The data must be where ``config.json`` says (the same split is re-derived).
+    """
+    run = Path(run_dir)
+    try:
+        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{run}: not a fracdet run folder ({exc})") from None
+    ckpts = [run / "checkpoints" / f"{phase}-best.ckpt" for phase in ("finetune", "head")]
+    ckpt = next((c for c in ckpts if c.is_file()), None)
+    if ckpt is None:
+        raise DatasetError(f"{run}: no best checkpoint in {run / 'checkpoints'}")
+    ds = prepare_data(cfg)
+    model = create_model(cfg.model, pretrained=False, head_hidden=cfg.head_hidden, dropout=cfg.dropout)
+    spec = spec_from_model(model.spec, resize=cfg.resize)
+    if cfg.input_size:
+        spec.input_size = int(cfg.input_size)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    rows = read_metrics_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
+    log.info("re-finishing %s from %s", run, ckpt)
+    return _finish_run(cfg, ds, model.to(memory_format=torch.channels_last), spec, run, rows)
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
