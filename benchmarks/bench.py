@@ -55,7 +55,7 @@ def _worker_fracdet(n: int, backend: str) -> dict:
     t0 = time.perf_counter()
     model = load_model(backend=backend)
     rows = 0
-    for r in model.predict_paths(files, batch_size=32):
+    for r in model.predict_paths(files):
         rows += r.ok
     return {"seconds": time.perf_counter() - t0, "images": rows}
 

@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -76,12 +76,16 @@ def export_onnx(model: torch.nn.Module, input_size: int, path: str | Path, check
     return Path(path)
 
 
-def cached_onnx(artifact: Any, model: torch.nn.Module) -> Path:
-    """The ONNX file for ``artifact``, exported on first use and cached by content."""
+def cached_onnx(artifact: Any, model: torch.nn.Module | Callable[[], torch.nn.Module]) -> Path:
+    """The ONNX file for ``artifact``, exported on first use and cached by content.
+
+    ``model`` may be a callable returning the network, so a cached export needs no network
+    built at all (faster start)."""
     path = _cache_dir() / f"{artifact.architecture}-{artifact_digest(artifact)}.onnx"
     if not path.is_file():
         log.info("exporting %s to ONNX (once per model): %s", artifact.architecture, path)
-        export_onnx(model, artifact.preprocess.input_size, path)
+        net = model if isinstance(model, torch.nn.Module) else model()
+        export_onnx(net, artifact.preprocess.input_size, path)
     return path
 
 
