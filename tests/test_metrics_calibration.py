@@ -2,7 +2,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 from fracdet.calibration import calibrated_probability, expected_calibration_error, fit_temperature
-from fracdet.metrics import binary_metrics, format_table, youden_threshold
+from fracdet.metrics import binary_metrics, format_table
+from fracdet.operating import youden_threshold
 
 
 def test_binary_metrics_hand_computed():

@@ -50,17 +50,6 @@ def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float
     return str(skm.classification_report(y_true, pred, labels=[0, 1], target_names=labels, digits=3, zero_division=0))
 
 
-def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """Threshold maximising Youden's J = sensitivity + specificity − 1 (0.5 if undefined)."""
-    y = np.asarray(y_true, dtype=int)
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thr = skm.roc_curve(y, prob)
-    j = tpr - fpr
-    best = int(np.argmax(j))
-    return float(min(max(thr[best], 0.0), 1.0))
-
-
 def format_table(m: dict[str, Any]) -> str:
     """A readable fixed-width table of the main metrics."""
     rows = [
