@@ -10,7 +10,6 @@ import csv
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from typing import Any
 from fracdet.data.groups import UnionFind, merge_groups
 from fracdet.data.labels import accepted_names, parse_label
 from fracdet.errors import DatasetError
+from fracdet.fsutil import atomic_path
 from fracdet.io.images import looks_like_image
 
 __all__ = [
@@ -135,22 +135,16 @@ class Dataset:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         base = out.parent.resolve()
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(_CSV_COLUMNS)
-                for s in self.samples:
-                    absolute = Path(s.path).resolve()
-                    try:
-                        shown = absolute.relative_to(base).as_posix()
-                    except ValueError:
-                        shown = str(absolute)
-                    writer.writerow([shown, s.label, s.group or "", s.split or "", s.region or ""])
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(_CSV_COLUMNS)
+            for s in self.samples:
+                absolute = Path(s.path).resolve()
+                try:
+                    shown = absolute.relative_to(base).as_posix()
+                except ValueError:
+                    shown = str(absolute)
+                writer.writerow([shown, s.label, s.group or "", s.split or "", s.region or ""])
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Dataset:
