@@ -24,7 +24,8 @@ from fracdet.transforms import PreprocessSpec
 log = logging.getLogger(__name__)
 
 FORMAT = "fracdet-model"
-FORMAT_VERSION = 2  # 2: kind "ensemble", doubt/fracture thresholds, threshold note (1 still loads)
+FORMAT_VERSION = 2  # 2: kind "ensemble", doubt/fracture thresholds, threshold note (1 still loads);
+# optional keys added since (int8, int8_onnx) are ignored by older readers
 DEFAULT_MODEL_NAME = "default.fracdet"
 
 
@@ -47,6 +48,8 @@ class ModelArtifact:
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, Any] = field(default_factory=dict)  # quantization outcome (fracdet.quantize)
+    int8_onnx: bytes | None = None  # the int8 onnxruntime graph, only when it passed the check
     version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -99,6 +102,7 @@ class ModelArtifact:
             "training": self.training,
             "data": self.data,
             "metrics": self.metrics,
+            "int8": self.int8,
             "version": self.version,
             "created": self.created,
             "parameters": int(sum(t.numel() for t in self.state_dict.values() if t.is_floating_point())),
@@ -118,6 +122,8 @@ def save_artifact(art: ModelArtifact, path: str | Path, half: bool = True) -> Pa
         "weights_dtype": "float16" if half else "float32",
         **{k: v for k, v in art.describe().items() if k != "parameters"},
     }
+    if art.int8_onnx:
+        payload["int8_onnx"] = torch.frombuffer(bytearray(art.int8_onnx), dtype=torch.uint8)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     log.info("saved model artifact %s", path)
@@ -156,6 +162,8 @@ def load_artifact(path: str | Path | None = None) -> ModelArtifact:
         training=dict(payload.get("training", {})),
         data=dict(payload.get("data", {})),
         metrics=dict(payload.get("metrics", {})),
+        int8=dict(payload.get("int8", {})),
+        int8_onnx=payload["int8_onnx"].numpy().tobytes() if "int8_onnx" in payload else None,
         version=str(payload.get("version", "")),
         created=str(payload.get("created", "")),
     )

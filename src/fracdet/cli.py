@@ -14,6 +14,7 @@ from fracdet import __version__
 from fracdet.cli_audit import add_audit, add_split
 from fracdet.cli_clinical import add_calibrate, add_ensemble
 from fracdet.cli_explain import add_explain
+from fracdet.cli_quantize import add_quantize
 from fracdet.cli_predict import add_predict
 
 log = logging.getLogger("fracdet")
@@ -45,6 +46,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
     p.add_argument("--weights", help="local ImageNet weights (timm state dict) for the backbone")
     p.add_argument("--resplit", action="store_true", help="merge the given splits and re-split group-aware 70/15/15")
+    p.add_argument("--no-int8", action="store_true",
+                   help="do not add the int8 onnxruntime graph (quantized on training images, checked on val)")
     p.add_argument("--allow-leakage", action="store_true",
                    help="train even if the given splits share duplicates or labels conflict (the model card says so)")
     p.add_argument("--seed", type=int)
@@ -74,6 +77,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--contrast", type=float)
     p.add_argument("--blur-p", type=float)
     p.add_argument("--erasing-p", type=float)
+    p.add_argument("--noise", type=float, help="augmentation: max std of Gaussian pixel noise, [0, 1] units (0 = off)")
+    p.add_argument("--noise-p", type=float, help="augmentation: probability of pixel noise")
     p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
     p.add_argument("--num-nodes", type=int)
@@ -109,12 +114,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg.pretrained = not a.no_pretrained
     cfg.resplit = a.resplit
     cfg.allow_leakage = a.allow_leakage
+    cfg.int8 = not a.no_int8
     cfg.class_weighting = not a.no_class_weighting
     cfg.progress = not a.no_progress and sys.stderr.isatty()
     aug = cfg.augment
     aug.enabled = not a.no_augment
     aug.hflip = not a.no_hflip
-    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p"):
+    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p", "noise", "noise_p"):
         if getattr(a, name) is not None:
             setattr(aug, name, getattr(a, name))
     result = train(cfg)
@@ -157,6 +163,8 @@ def _add_evaluate(sub: Any) -> None:
     c = p.add_argument_group("clinical report")
     c.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the image, its mirror and ±10° rotations (4× slower)")
+    c.add_argument("--backend", choices=["auto", "int8", "onnx", "torch"], default="auto",
+                   help="inference engine, as for predict (default auto: what predict uses)")
     c.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="stratified bootstrap resamples for the 95%% confidence intervals (default 1000)")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -170,7 +178,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     r = evaluate(a.data, a.model, out_dir=a.out, split=a.split, layout=a.layout, batch_size=a.batch_size,
                  dedupe_against=a.dedupe_against, boxes=a.boxes,
                  cam_methods=[m for m in a.cam_methods.split(",") if m.strip()], tta=a.tta,
-                 n_resamples=a.bootstrap, seed=a.seed, run_dir=a.run)
+                 n_resamples=a.bootstrap, seed=a.seed, run_dir=a.run, backend=a.backend)
     print(f"evaluated on {r.split_note}\n")
     print(r.table)
     if "ci" in r.metrics:
@@ -230,13 +238,15 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print(json.dumps({"model": str(a.model or default_model_path()), **d}, indent=2, default=str))
     from fracdet.runtime import active_allocator
 
+    from fracdet.predict import _choose_backend
+
     print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"allocator {active_allocator()}")
+          f"allocator {active_allocator()}, inference backend (auto) {_choose_backend('auto', art)}")
     return 0
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, add_explain, add_audit, add_split,
-                                         add_calibrate, add_ensemble, _add_models, _add_info]
+                                         add_calibrate, add_ensemble, add_quantize, _add_models, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,10 @@ import sys
 from typing import Any, Sequence
 
 
+BACKEND_HELP = ("inference engine: auto (onnxruntime int8 when the model carries a checked int8 graph, "
+                "else onnxruntime float32 when installed, else PyTorch), int8, onnx (float32) or torch")
+
+
 def _window_arg(text: str) -> int | None:
     if text.strip().lower() in ("none", "off", "minmax", "min-max"):
         return None
@@ -42,8 +46,8 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities of the image, its mirror and "
                    "±10° rotations (4× slower; PyTorch backend)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                   help="inference engine: onnxruntime (auto when installed; faster on CPU) or PyTorch")
+    p.add_argument("--backend", choices=["auto", "int8", "onnx", "torch"], default="auto",
+                   help=BACKEND_HELP)
     h = p.add_argument_group("heatmaps")
     h.add_argument("--heatmaps", nargs="?", const="", default=None, metavar="DIR",
                    help="also write a heatmap overlay PNG and the raw map (.npy) per image into DIR "

@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = 32
     num_workers: int = 0
     cache_images: bool = True
+    int8: bool = True  # also store a checked int8 onnxruntime graph (fracdet.quantize)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # lightning pass-through
     accelerator: str = "auto"

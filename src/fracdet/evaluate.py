@@ -103,7 +103,8 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
              split: str = "auto", layout: str = "auto", batch_size: int = 32,
              dedupe_against: str | Path | None = None, boxes: str | Path | None = None,
              cam_methods: Sequence[str] = ("gradcam", "gradcam++", "eigencam"), tta: bool = False,
-             n_resamples: int = 1000, seed: int = 0, run_dir: str | Path | None = None) -> EvaluationResult:
+             n_resamples: int = 1000, seed: int = 0, run_dir: str | Path | None = None,
+             backend: str = "auto") -> EvaluationResult:
     """Evaluate a model artifact on labelled data and write the results to ``out_dir``.
 
     ``dedupe_against``: training data; test images that duplicate any of its images (exact,
@@ -118,20 +119,22 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
     Also written: bootstrap CIs (``n_resamples``, ``seed``), subgroups, calibration, operating
     points and verdicts, figures and the self-contained ``report.html`` (:mod:`fracdet.report`;
     ``run_dir``: a training run folder whose curves go into it). ``tta``: test-time augmentation.
+    ``backend``: the inference engine, chosen as for ``fracdet predict`` so the numbers are
+    those of the predictions users get (int8 when the model carries a checked int8 graph).
     """
     from fracdet.predict import Predictor, collect_logits
 
     art = load_artifact(model)
-    predictor = Predictor(art, tta=tta)
+    predictor = Predictor(art, tta=tta, backend=backend)
     ds = load_dataset(data, layout=layout)
     samples, note = select_samples(ds, split, art.training, art.data)
-    logits, y, idx = collect_logits(predictor.tta_model or predictor.model, samples, predictor.transform, batch_size)
+    logits, y, idx = collect_logits(predictor.logits, samples, predictor.transform, batch_size)
     if len(y) == 0:
         raise DatasetError(f"{data}: no readable images to evaluate")
     prob = calibrated_probability(logits, art.temperature)
     skipped = len(samples) - len(y)
     extra: dict[str, Any] = {"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default"),
-                             "tta": tta}
+                             "tta": tta, "backend": predictor.backend}
     if dedupe_against is not None:
         extra["deduped"] = _deduped_metrics(dedupe_against, [samples[i] for i in idx], y, prob, art.threshold)
     if boxes is not None:  # where the heatmaps point, on the fractured images with boxes

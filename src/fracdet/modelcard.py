@@ -136,6 +136,30 @@ def _test_ece(m: dict[str, Any]) -> list[str]:
     return [f"- test ECE {_fmt(cal.get('ece_before', ''))} before → {_fmt(cal['ece_after'])} after temperature scaling"]
 
 
+def _int8_lines(q: dict[str, Any]) -> list[str]:
+    """The int8 section: what was quantized on what, and how far it is from float32."""
+    if not q:
+        return []
+    c, cal = q.get("check", {}), q.get("calibration", {})
+
+    def agreement(r: dict[str, Any], on: str) -> str:
+        auc = (f"; AUROC {r['auroc_fp32']:.3f} (float32) vs {r['auroc_int8']:.3f} (int8)"
+               if "auroc_int8" in r else "")
+        return (f"- {on} ({r.get('n')} images): |Δp| mean {r.get('mean_abs_diff', 0):.3f}, p99 "
+                f"{r.get('p99_abs_diff', 0):.3f}, max {r.get('max_abs_diff', 0):.3f}; same label at the threshold "
+                f"for {100 * r.get('label_agreement', 0):.1f}%{auc}")
+
+    lines = ["## int8 inference",
+             f"- {q.get('scheme', '')}; calibrated on {cal.get('images')} images from {cal.get('from')}",
+             agreement(c, f"check on {c.get('on', 'held-out images')}")]
+    if q.get("test"):
+        lines.append(agreement(q["test"], "test split"))
+    lines.append(f"- {q.get('reason', '')} (tolerance {q.get('tolerance')}); "
+                 + ("`fracdet predict` uses it by default (`--backend onnx` gives float32)" if q.get("accepted")
+                    else "predictions use float32"))
+    return lines + [""]
+
+
 def render_model_card(art: ModelArtifact) -> str:
     """A Markdown model card: use, data, split, metrics, operating point, limits."""
     t, d, m = art.training, art.data, art.metrics
@@ -197,6 +221,7 @@ def render_model_card(art: ModelArtifact) -> str:
         *_operating_lines(art),
         "",
         *_ensemble_lines(art),
+        *_int8_lines(getattr(art, "int8", None) or {}),
         "## Known limitations and failure modes",
         *_failure_lines(m),
         "- Trained on a few thousand images from one public dataset; performance on other hospitals, "

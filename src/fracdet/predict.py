@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
 
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import calibrated_probability
@@ -195,7 +196,7 @@ class Predictor:
             torch.set_num_threads(threads)
         self.artifact = artifact
         self._model: torch.nn.Module | None = None  # built on first use (the ONNX path may never need it)
-        self.backend = _choose_backend("torch" if tta else backend)
+        self.backend = _choose_backend("torch" if tta else backend, artifact)
         self.tta_model = None  # ``tta``: flip + small rotations averaged in probability space (fracdet.tta)
         if tta:
             from fracdet.tta import with_tta
@@ -206,6 +207,10 @@ class Predictor:
             from fracdet.export import OnnxRunner, cached_onnx
 
             self._onnx = OnnxRunner(cached_onnx(artifact, lambda: self.model), threads=threads)
+        elif self.backend == "int8":
+            from fracdet.export import OnnxRunner
+
+            self._onnx = OnnxRunner(artifact.int8_onnx, threads=threads)
         self.transform = build_transforms(artifact.preprocess)
         self.threshold = artifact.threshold
         self.temperature = artifact.temperature
@@ -264,27 +269,25 @@ class Predictor:
             pred.heatmap = heatmaps(self.model, batch, [image], cam_method, self.artifact.preprocess.resize)[0]
         return pred
 
-    def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
-        return Prediction(path=str(path), probability=None, label=None, threshold=self.threshold,
-                          error=reason, meta=dict(getattr(exc, "meta", None) or {}))
-
-    def _read(self, path: Path, size: int, dicom: DicomOptions) -> list[XRay]:
-        if is_dicom_file(path):
-            return read_frames(path, dicom)
-        with dicom_options(dicom):
-            return [read_image(path, min_size=size)]
-
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 8,
         on_result: Callable[[Prediction], None] | None = None,
         dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "gradcam",
+        workers: int | None = None,
     ) -> Iterator[Prediction]:
         """Stream predictions for files and folders (recursively), in batches, in input
         order; a bad file yields one error row and the batch goes on. A DICOM file gives
-        one prediction per frame; ``dicom`` sets how DICOM is read (``force``, ``window``)."""
+        one prediction per frame; ``dicom`` sets how DICOM is read (``force``, ``window``).
+
+        ``workers``: processes that decode and preprocess ahead of the network (0: in this
+        process).  Default: one when more than two batches of files are given and no heatmaps
+        are asked for; onnxruntime then runs one thread fewer (:func:`decode_workers`)."""
         queue: list[tuple[XRay, torch.Tensor] | Prediction] = []  # error rows keep their place
-        size = self.artifact.preprocess.input_size
-        dicom = dicom or DicomOptions()
+        files = list(iter_image_files(paths))
+        if workers is None:
+            workers = decode_workers(len(files), batch_size, heatmaps)
+        loader = _ItemLoader(self.transform, self.artifact.preprocess.input_size, dicom or DicomOptions(),
+                             keep_pixels=heatmaps)
         n_ready = 0
 
         def flush() -> list[Prediction]:
@@ -303,23 +306,10 @@ class Predictor:
             queue.clear()
             return out
 
-        def load(path: Path) -> list[tuple[XRay, torch.Tensor]] | Prediction:
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    xrays = self._read(path, size, dicom)
-                for w in caught:
-                    log.warning("%s", w.message)
-                return [(x, self.transform(x.pixels)) for x in xrays]
-            except ImageReadError as exc:
-                return self._error_row(path, exc.reason, exc)
-            except FracdetError as exc:
-                return self._error_row(path, str(exc), exc)
-
-        # Decoding in line: on 2 cores a decode thread beside onnxruntime measured 7% slower.
-        for loaded in map(load, iter_image_files(paths)):
-            if isinstance(loaded, Prediction):
-                queue.append(loaded)
+        for loaded in self._loaded(files, loader, workers):
+            if isinstance(loaded, _Failure):
+                queue.append(Prediction(path=loaded.path, probability=None, label=None, threshold=self.threshold,
+                                        error=loaded.reason, meta=loaded.meta))
                 prepared = []
             else:
                 prepared = loaded
@@ -334,41 +324,143 @@ class Predictor:
                     n_ready = 0
         yield from flush()
 
+    def _loaded(self, files: list[Path], loader: "_ItemLoader", workers: int) -> Iterator[Any]:
+        """Decoded, preprocessed items in input order: in line, or from worker processes with
+        onnxruntime one thread lighter meanwhile (the cores are shared)."""
+        if workers <= 0 or len(files) < 2:
+            yield from map(loader, files)
+            return
+        from torch.utils.data import DataLoader
 
-def _choose_backend(backend: str) -> str:
-    """'onnx' (onnxruntime, the faster on CPU) when asked or available for 'auto', else 'torch'."""
-    if backend not in ("auto", "torch", "onnx"):
-        raise FracdetError(f"unknown backend {backend!r} (auto, torch, onnx)")
+        pipe = DataLoader(_FileList(files, loader), batch_size=None, num_workers=workers,
+                          collate_fn=_identity, prefetch_factor=4 * max(1, 8 // workers))
+        lighter = self._onnx.with_threads(max(1, _cpu_count() - workers)) if self._onnx is not None else None
+        previous, self._onnx = self._onnx, lighter or self._onnx
+        try:
+            yield from pipe
+        finally:
+            self._onnx = previous
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_workers(n_files: int, batch_size: int, heatmaps: bool = False) -> int:
+    """Decode processes for a run of ``n_files``: one beside the network when there are at
+    least two cores, more than two batches and no heatmaps (they need the full images in
+    this process); else none."""
+    return 1 if _cpu_count() >= 2 and n_files > 2 * batch_size and not heatmaps else 0
+
+
+@dataclass
+class _Failure:
+    """A file that could not be read (picklable, so a worker process can report it)."""
+
+    path: str
+    reason: str
+    meta: dict[str, Any]
+
+
+class _ItemLoader:
+    """``loader(path)`` → the file's prepared ``(XRay, tensor)`` pairs (a DICOM gives one per
+    frame) or a :class:`_Failure`.  Without ``keep_pixels`` the XRay keeps only its path and
+    metadata (all a prediction needs; cheaper to send back from a worker)."""
+
+    def __init__(self, transform: Any, size: int, dicom: DicomOptions, keep_pixels: bool = True) -> None:
+        self.transform, self.size, self.dicom, self.keep_pixels = transform, size, dicom, keep_pixels
+
+    def _read(self, path: Path) -> list[XRay]:
+        if is_dicom_file(path):
+            return read_frames(path, self.dicom)
+        with dicom_options(self.dicom):
+            return [read_image(path, min_size=self.size)]
+
+    def __call__(self, path: Path) -> list[tuple[XRay, torch.Tensor]] | _Failure:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                xrays = self._read(path)
+            for w in caught:
+                log.warning("%s", w.message)
+            out = [(x, self.transform(x.pixels)) for x in xrays]
+        except ImageReadError as exc:
+            return _Failure(str(path), exc.reason, dict(getattr(exc, "meta", None) or {}))
+        except FracdetError as exc:
+            return _Failure(str(path), str(exc), dict(getattr(exc, "meta", None) or {}))
+        if not self.keep_pixels:
+            out = [(XRay(pixels=np.zeros((0, 0), np.float32), path=x.path, meta=x.meta), t) for x, t in out]
+        return out
+
+
+class _FileList(TorchDataset):
+    def __init__(self, files: list[Path], loader: _ItemLoader) -> None:
+        self.files, self.loader = files, loader
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.loader(self.files[i])
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+BACKENDS = ("auto", "int8", "onnx", "torch")
+
+
+def _choose_backend(backend: str, artifact: ModelArtifact | None = None) -> str:
+    """The inference backend: for 'auto', onnxruntime int8 when the artifact carries a checked
+    int8 graph (see :mod:`fracdet.quantize`), else onnxruntime float32, else PyTorch."""
+    if backend not in BACKENDS:
+        raise FracdetError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
     if backend == "torch":
         return "torch"
     from fracdet.export import onnx_available
 
-    if onnx_available():
-        return "onnx"
-    if backend == "onnx":
-        raise FracdetError("the onnx backend needs onnxruntime: pip install onnxruntime (or use --backend torch)")
-    return "torch"
+    has_int8 = artifact is not None and artifact.int8_onnx is not None
+    if not onnx_available():
+        if backend in ("onnx", "int8"):
+            raise FracdetError(f"the {backend} backend needs onnxruntime: pip install onnxruntime "
+                               "(or use --backend torch)")
+        return "torch"
+    if backend == "int8" and not has_int8:
+        why = (artifact.int8 or {}).get("reason") if artifact is not None else None
+        raise FracdetError("this model has no int8 graph" + (f" ({why})" if why else
+                           "; add one with: fracdet quantize MODEL DATA"))
+    if backend == "auto":
+        return "int8" if has_int8 else "onnx"
+    return backend
 
 
 def load_model(path: str | Path | None = None, backend: str = "auto", tta: bool = False) -> Predictor:
     """Load an artifact (the shipped default when ``path`` is None) as a :class:`Predictor`;
-    ``backend`` is 'auto' (onnxruntime when installed), 'onnx' or 'torch'; ``tta``:
+    ``backend`` is 'auto' (onnxruntime, int8 when the model carries a checked int8 graph),
+    'int8', 'onnx' (float32) or 'torch'; ``tta``:
     test-time augmentation (PyTorch backend)."""
     return Predictor(load_artifact(path), backend=backend, tta=tta)
 
 
 @torch.inference_mode()
-def collect_logits(model: torch.nn.Module, samples: Sequence[Any], transform: Any,
+def collect_logits(model: torch.nn.Module | Callable[[torch.Tensor], Any], samples: Sequence[Any], transform: Any,
                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels and sample indices for labelled samples (unreadable files are left
-    out with a warning, so the indices say which samples the rows belong to)."""
+    out with a warning, so the indices say which samples the rows belong to).  ``model``: a
+    network, or any callable batch → logits such as :meth:`Predictor.logits`."""
     from fracdet.data.loader import make_loader
 
-    model.eval()
+    is_net = isinstance(model, torch.nn.Module)
+    if is_net:
+        model.eval()
     logits, labels, index = [], [], []
     for x, y, i in make_loader(samples, transform, batch_size=batch_size):
         if len(x):
-            logits.append(model(x.contiguous(memory_format=torch.channels_last)).float().numpy())
+            out = model(x.contiguous(memory_format=torch.channels_last)) if is_net else model(x)
+            logits.append(out.float().numpy() if torch.is_tensor(out) else np.asarray(out, dtype=np.float32))
             labels.append(y.numpy())
             index.append(i.numpy())
     if not logits:

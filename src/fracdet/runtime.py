@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 ENV_OPT_OUT = "FRACDET_ALLOCATOR"
-HEAVY_COMMANDS = {"train", "evaluate", "predict"}
+HEAVY_COMMANDS = {"train", "evaluate", "predict", "quantize", "calibrate", "ensemble", "explain"}
 _CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
     "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
