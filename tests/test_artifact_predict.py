@@ -90,20 +90,3 @@ def test_predict_paths_goes_on_past_bad_files(tmp_path):
     assert all(e and "\n" not in e for e in bad.values())
     assert sum(r.ok for r in rows) == 5
 
-
-def test_decode_worker_gives_the_same_rows_in_the_same_order(tmp_path):
-    from fracdet.predict import decode_workers
-
-    _, _, path = _artifact(tmp_path)
-    pred = Predictor.from_path(path)
-    folder = tmp_path / "imgs"
-    for i in range(9):
-        write_image(folder / f"ok{i}.png", i % 2 == 0, i)
-    (folder / "ok4b.png").write_bytes(b"broken")
-    inline = list(pred.predict_paths([folder], batch_size=2, workers=0))
-    piped = list(pred.predict_paths([folder], batch_size=2, workers=1))
-    assert [r.path for r in piped] == [r.path for r in inline]
-    assert [r.error for r in piped] == [r.error for r in inline] and sum(not r.ok for r in piped) == 1
-    np.testing.assert_allclose([r.probability or 0 for r in piped], [r.probability or 0 for r in inline], atol=1e-6)
-    assert piped[0].meta == inline[0].meta
-    assert decode_workers(100, 8, heatmaps=True) == 0 and decode_workers(3, 8) == 0

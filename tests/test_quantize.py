@@ -84,7 +84,7 @@ def test_quantized_artifact_round_trip_and_auto_backend(samples, tmp_path):
     assert not np.array_equal(a, b)  # a different engine, not the float graph again
 
 
-def test_rejected_int8_is_not_stored_and_auto_falls_back(samples, tmp_path):
+def test_rejected_int8_is_opt_in_only(samples, tmp_path, caplog):
     art = _lite0_artifact()
     strict = {"mean_abs_diff": -1.0, "p99_abs_diff": 1.0, "auroc_drop": 1.0}
     report = quantize_artifact(art, samples[:8], samples[8:16], check_note="b", calibration_note="a",
@@ -92,10 +92,10 @@ def test_rejected_int8_is_not_stored_and_auto_falls_back(samples, tmp_path):
     assert not report["accepted"] and "rejected" in report["reason"]
     path = save_artifact(art, tmp_path / "r.fracdet")
     loaded = load_artifact(path)
-    assert loaded.int8_onnx is None and not loaded.int8["accepted"]
-    assert load_model(path).backend == "onnx"
-    with pytest.raises(FracdetError, match="no int8 graph.*rejected"):
-        load_model(path, backend="int8")
+    assert loaded.int8_onnx is not None and not loaded.int8["accepted"]
+    assert load_model(path).backend == "onnx"  # auto never picks it
+    assert load_model(path, backend="int8").backend == "int8"  # asked for: allowed, with the drift said
+    assert "outside the tolerance" in caplog.text
 
 
 def test_artifact_without_int8_loads(tmp_path):
@@ -116,5 +116,5 @@ def test_quantize_command(samples, tmp_path, capsys):
     assert ("int8 accepted" in out or "int8 rejected" in out) and "the other half" in out
     art = load_artifact(tmp_path / "m8.fracdet")
     assert art.int8["calibration"]["images"] == len(samples) // 2
-    assert (art.int8_onnx is not None) == art.int8["accepted"]
+    assert art.int8_onnx is not None and isinstance(art.int8["accepted"], bool)
     assert "## int8 inference" in (tmp_path / "m8.model_card.md").read_text()

@@ -51,3 +51,16 @@ def test_augmentation_off_equals_eval():
 def test_spec_round_trip():
     spec = PreprocessSpec(input_size=260, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="stretch")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_finish_batch_equals_per_image_finish_and_reuses_the_buffer():
+    spec = PreprocessSpec(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    tf = build_transforms(spec)
+    rng = np.random.default_rng(2)
+    prepared = [tf.prepare(rng.random((40, 30)).astype(np.float32)) for _ in range(3)]
+    expected = torch.stack([tf.finish(p) for p in prepared])
+    buf = np.zeros((4, 3, 32, 32), np.float32)
+    got = tf.finish_batch(prepared, out=buf)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert got.shape == (3, 3, 32, 32) and np.shares_memory(got.numpy(), buf)
+    torch.testing.assert_close(tf.finish_batch(prepared), expected, atol=1e-6, rtol=1e-6)  # no buffer

@@ -12,8 +12,9 @@ def add_quantize(sub: Any) -> None:
     p = sub.add_parser(
         "quantize", help="add an int8 onnxruntime graph (about 2x faster on CPU), checked against float32",
         description="Quantize a model to int8 for onnxruntime: activation ranges are measured on up to 256 "
-        "training images; the int8 graph is kept only if its probabilities agree with float32 on held-out "
-        "images (mean |dp| <= 0.02, p99 <= 0.10, AUROC drop <= 0.01). On the model's own training data (or "
+        "training images; its agreement with float32 is measured on held-out images and stored with it. "
+        "--backend auto uses it only within tolerance (mean |dp| <= 0.02, p99 <= 0.10, AUROC drop <= 0.01); "
+        "otherwise only --backend int8 does, with a warning. On the model's own training data (or "
         "data with splits) it calibrates on the train split and checks on val; on other data, on a seeded "
         "half of the images and checks on the other half. Training adds it already unless --no-int8.",
     )
@@ -61,7 +62,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     print(f"check on {c['on']}: |dp| mean {c['mean_abs_diff']:.4f}, p99 {c['p99_abs_diff']:.4f}, "
           f"max {c['max_abs_diff']:.4f}; same label {100 * c['label_agreement']:.1f}%")
     if not q["accepted"]:
-        print("no int8 graph stored: the model keeps float32 inference")
+        print("int8 graph stored for --backend int8 only: --backend auto keeps float32")
     out = save_artifact(art, a.out)
     card = out.with_name(out.stem + ".model_card.md")
     write_text(card, render_model_card(art))

@@ -148,22 +148,12 @@ class OnnxRunner:
     def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        self.source, self.threads = model, threads or torch.get_num_threads()
-        self._siblings: dict[int, OnnxRunner] = {}
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-
-    def with_threads(self, threads: int) -> "OnnxRunner":
-        """The same graph on ``threads`` intra-op threads (built once, then reused)."""
-        if threads == self.threads:
-            return self
-        if threads not in self._siblings:
-            self._siblings[threads] = OnnxRunner(self.source, threads)
-        return self._siblings[threads]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -156,7 +156,7 @@ def _int8_lines(q: dict[str, Any]) -> list[str]:
         lines.append(agreement(q["test"], "test split"))
     lines.append(f"- {q.get('reason', '')} (tolerance {q.get('tolerance')}); "
                  + ("`fracdet predict` uses it by default (`--backend onnx` gives float32)" if q.get("accepted")
-                    else "predictions use float32"))
+                    else "predictions use float32 unless `--backend int8` is asked for"))
     return lines + [""]
 
 

@@ -4,10 +4,10 @@ Measured on this project's 2-core CPU (AVX-512 VNNI): EfficientNet-Lite0 at 224 
 images/s in int8 against ~200 in float32 (onnxruntime, 2 threads, network only).
 
 Static quantization (QOperator, uint8 activations, per-channel int8 weights, min/max
-ranges) calibrated on training images.  The int8 graph is stored in the artifact only when
-it agrees with float32 on held-out images within :data:`INT8_TOLERANCE`; the agreement (and
-the held-out metrics under int8) is stored beside it, so the int8 numbers are never guessed.
-Without it, ``--backend auto`` uses the float32 graph.
+ranges) calibrated on training images.  The int8 graph is stored in the artifact with its
+measured agreement with float32 on held-out images (and the held-out metrics under int8), so
+the int8 numbers are never guessed.  ``--backend auto`` uses it only when it is within
+:data:`INT8_TOLERANCE`; otherwise it stays an explicit, warned choice (``--backend int8``).
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ def within_tolerance(check: dict[str, Any], tolerance: dict[str, float] = INT8_T
 def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence[Any],
                       check_note: str, calibration_note: str, test: Sequence[Any] | None = None,
                       seed: int = 0, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
-    """Quantize ``artifact``'s network and, when it passes :func:`within_tolerance` on the
-    ``check`` samples, store the int8 graph in it (``artifact.int8_onnx``).  Always records the
-    outcome in ``artifact.int8`` and returns it.  At most :data:`CALIBRATION_IMAGES` of
+    """Quantize ``artifact``'s network, store the int8 graph in it (``artifact.int8_onnx``)
+    and the outcome of :func:`within_tolerance` on the ``check`` samples in ``artifact.int8``
+    (returned; ``accepted`` says whether ``--backend auto`` may use it).  At most :data:`CALIBRATION_IMAGES` of
     ``calibration`` are used (a seeded random choice); ``test``: also report on these;
     ``tolerance``: instead of :data:`INT8_TOLERANCE`."""
     from fracdet.export import onnx_available, onnx_bytes
@@ -144,7 +144,7 @@ def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence
     if test:
         report["test"] = compare_int8(fp32, int8, test, transform, artifact.temperature, artifact.threshold)
     artifact.int8 = report
-    artifact.int8_onnx = int8 if accepted else None
+    artifact.int8_onnx = int8
     (log.info if accepted else log.warning)("%s", reason)
     return report
 

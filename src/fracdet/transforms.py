@@ -161,6 +161,22 @@ class ModelTransform:
         # beside inference on 2 cores (measured)
         return torch.from_numpy((x.numpy() - self.mean) / self.std)
 
+    def finish_batch(self, prepared: list[torch.Tensor], out: np.ndarray | None = None) -> torch.Tensor:
+        """:meth:`finish` (no augmentation) of prepared 1×S×S images straight into one N×C×S×S
+        batch, reusing ``out`` when it is large enough (no per-image copies, no fresh pages)."""
+        if self.augmenter is not None:
+            return torch.stack([self.finish(p) for p in prepared])
+        n, s = len(prepared), self.spec.input_size
+        shape = (n, len(self.mean), s, s)
+        buf = out[:n] if out is not None and out.shape[0] >= n and out.shape[1:] == shape[1:] else np.empty(shape, np.float32)
+        scale, shift = (1.0 / self.std).reshape(-1), (-self.mean / self.std).reshape(-1)
+        for i, p in enumerate(prepared):
+            x = p.numpy()[0]
+            for c in range(len(scale)):
+                np.multiply(x, scale[c], out=buf[i, c])
+                buf[i, c] += shift[c]
+        return torch.from_numpy(buf)
+
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         return self.finish(self.prepare(pixels))
 
