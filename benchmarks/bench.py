@@ -3,8 +3,8 @@
     python benchmarks/bench.py [--n 1000] [--quick]      (or: make bench)
 
 1. predict end to end on N real JPEGs (FracAtlas from ../shared when present, else generated):
-   images/s and peak memory, fracdet (default settings: int8 onnxruntime when the model carries
-   it, a decode worker process; then decoding in line, float32 onnxruntime, PyTorch) against a reference
+   images/s and peak memory, fracdet (default settings, then each backend: int8 and float32
+   onnxruntime, PyTorch) against a reference
    implementation of what the reference projects do (torchvision ResNet-50, eager, PIL decode
    at full size, resize 224, batch 32) on the same images;
 2. training: images/s of phase 1 (frozen backbone) and phase 2 (fine-tuning) steps, and the
@@ -12,7 +12,7 @@
 3. scaling: predict throughput and peak memory for N = 100, 1,000, 10,000;
 4. cold start: ``fracdet --help`` and ``fracdet predict`` on one image, process start to output.
 
-Each measurement runs in a fresh subprocess (peak RSS: it plus its largest child) under the same
+Each measurement runs in a fresh subprocess (peak RSS is per process) under the same
 environment as the ``fracdet`` command (tcmalloc when installed).  Not a test.
 """
 
@@ -115,9 +115,7 @@ def _worker_main(args: list[str]) -> None:
         out = _worker_reference(int(args[1]))
     else:
         out = _worker_train(args[1], int(args[2]))
-    # this process plus its largest child (the decode worker): an upper bound of the peak
-    out["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                      + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out))
 
 
@@ -167,17 +165,23 @@ def main() -> None:
     _run("fracdet", "32", "onnx")  # warm the ONNX export cache so it is not timed
     print(f"## 1. predict end to end, N = {n}\n\n| pipeline | images/s | peak MB |\n|---|---|---|")
     auto = _run("fracdet", str(n), "auto")
-    inline = _run("fracdet", str(n), "auto", "0")
+    from fracdet.artifact import load_artifact
+
+    q = load_artifact().int8
+    int8 = _run("fracdet", str(n), "int8") if q else None
     onnx = _run("fracdet", str(n), "onnx")
     eager = _run("fracdet", str(n), "torch")
     ref = _run("reference", str(n))
-    print(_row(f"fracdet default model, default settings ({auto['backend']}, decode worker)", auto))
-    print(_row(f"fracdet default model, {inline['backend']}, decoding in line", inline))
-    print(_row("fracdet default model, onnxruntime float32", onnx))
-    print(_row("fracdet default model, PyTorch", eager))
+    print(_row(f"fracdet default model, default settings (`--backend auto` = {auto['backend']})", auto))
+    if int8 is not None:
+        print(_row("fracdet default model, int8 onnxruntime (`--backend int8`"
+                   + (")" if q.get("accepted") else ", opt-in: outside the drift tolerance)"), int8))
+    print(_row("fracdet default model, float32 onnxruntime (`--backend onnx`)", onnx))
+    print(_row("fracdet default model, PyTorch (`--backend torch`)", eager))
     print(_row("reference: torchvision ResNet-50 eager, PIL full decode", ref))
-    speed = (auto["images"] / auto["seconds"]) / (ref["images"] / ref["seconds"])
-    print(f"\nfracdet (default settings) vs reference: {speed:.1f}×\n")
+    rate = lambda r: r["images"] / r["seconds"]  # noqa: E731
+    print(f"\nvs reference: default settings {rate(auto) / rate(ref):.1f}×"
+          + (f", int8 {rate(int8) / rate(ref):.1f}×" if int8 is not None else "") + "\n")
 
     steps = 3 if a.quick else 8
     p1, p2 = _run("train", "1", str(steps)), _run("train", "2", str(steps))

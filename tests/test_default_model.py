@@ -46,3 +46,26 @@ def test_default_model_test_split_auroc_matches_its_card(tmp_path):
     assert "re-derived with the training seed" in result.split_note
     assert result.metrics["n"] == art.metrics["test"]["n"]
     assert result.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(fracatlas_root() is None, reason="FracAtlas data not present")
+def test_default_model_int8_drift_matches_its_card():
+    """The int8 numbers in the card are re-measured here, and decide the auto backend."""
+    from fracdet.data.layouts import load_dataset
+    from fracdet.evaluate import select_samples
+    from fracdet.export import onnx_bytes
+    from fracdet.predict import _choose_backend
+    from fracdet.quantize import compare_int8, within_tolerance
+    from fracdet.transforms import build_transforms
+
+    art = load_artifact()
+    assert art.int8_onnx is not None
+    val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data)
+    got = compare_int8(onnx_bytes(art.build_model(), art.preprocess.input_size), art.int8_onnx, val,
+                       build_transforms(art.preprocess), art.temperature, art.threshold)
+    stored = art.int8["check"]
+    assert got["n"] == stored["n"]
+    assert got["mean_abs_diff"] == pytest.approx(stored["mean_abs_diff"], abs=0.01)
+    assert within_tolerance(got)[0] == art.int8["accepted"]
+    assert _choose_backend("auto", art) == ("int8" if art.int8["accepted"] else "onnx")
