@@ -118,3 +118,20 @@ def test_quantize_command(samples, tmp_path, capsys):
     assert art.int8["calibration"]["images"] == len(samples) // 2
     assert art.int8_onnx is not None and isinstance(art.int8["accepted"], bool)
     assert "## int8 inference" in (tmp_path / "m8.model_card.md").read_text()
+
+
+def test_recalibration_re_measures_int8(samples, tmp_path, capsys):
+    from fracdet.cli import main
+    from fracdet.quantize import recheck_int8
+
+    art = _lite0_artifact()
+    assert recheck_int8(art, samples, "x") is None  # nothing to re-measure
+    quantize_artifact(art, samples[:8], samples[8:16], check_note="b", calibration_note="a", test=samples[16:])
+    path = save_artifact(art, tmp_path / "q.fracdet")
+    data = samples[0].path.parent.parent
+    assert main(["calibrate", str(data), "--model", str(path), "--out", str(tmp_path / "c.fracdet")]) == 0
+    assert "re-measured on the calibration data" in capsys.readouterr().out
+    cal = load_artifact(tmp_path / "c.fracdet")
+    assert cal.int8_onnx == art.int8_onnx
+    assert str(data) in cal.int8["check"]["on"] and cal.int8["check"]["n"] == len(samples)
+    assert "test" not in cal.int8  # measured at the old temperature: dropped, not left stale

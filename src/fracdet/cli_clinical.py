@@ -101,12 +101,17 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     cal = recalibrate(art, samples, rule, a.batch_size, data_name=f"{note} of {a.data}")
     art.data = {**art.data, "calibrated_on": {"data": str(a.data), "which": note, "n": cal["n"],
                                               "positives": cal["positives"]}}
+    from fracdet.quantize import recheck_int8
+
+    q = recheck_int8(art, samples, f"{note} of {a.data}")  # the int8 check, at the new temperature
     out = save_artifact(art, a.out)
     write_text(_card_path(out), render_model_card(art))
     print(f"calibrated on {note} ({cal['n']} images, {cal['positives']} fractured)")
     print(f"temperature {before:.3f} → {art.temperature:.3f}; ECE {cal['val_ece_previous']:.3f} → {cal['val_ece_after']:.3f}"
           f" (uncalibrated {cal['val_ece_before']:.3f})")
     _print_points(art)
+    if q is not None:
+        print(f"\n{q['reason']} (re-measured on the calibration data)")
     print(f"\nwritten: {out}, {_card_path(out)}")
     return 0
 

@@ -149,5 +149,25 @@ def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence
     return report
 
 
+def recheck_int8(artifact: Any, samples: Sequence[Any], note: str) -> dict[str, Any] | None:
+    """Re-measure a stored int8 graph against float32 on ``samples`` at the artifact's current
+    temperature and threshold (after ``fracdet calibrate`` changed them) and update whether
+    ``--backend auto`` may use it.  None when the artifact has no int8 graph."""
+    from fracdet.export import onnx_bytes
+    from fracdet.transforms import build_transforms
+
+    if not artifact.int8_onnx:
+        return None
+    with torch.inference_mode(False):
+        fp32 = onnx_bytes(artifact.build_model(), artifact.preprocess.input_size)
+    check = compare_int8(fp32, artifact.int8_onnx, samples, build_transforms(artifact.preprocess),
+                         artifact.temperature, artifact.threshold)
+    tolerance = dict(artifact.int8.get("tolerance") or INT8_TOLERANCE)
+    accepted, reason = within_tolerance(check, tolerance)
+    artifact.int8 = {**artifact.int8, "accepted": accepted, "reason": reason, "check": {**check, "on": note}}
+    artifact.int8.pop("test", None)  # measured at the previous temperature and threshold
+    return artifact.int8
+
+
 __all__ = ["CALIBRATION_IMAGES", "INT8_TOLERANCE", "compare_int8", "quantize_artifact", "quantize_onnx",
-           "within_tolerance"]
+           "recheck_int8", "within_tolerance"]
