@@ -377,6 +377,10 @@ def test_group_by_study(predictor, tmp_path):
         assert [s.n_views for s in studies] == [2, 1]
         assert studies[0].probability == pytest.approx(fn([p.probability for p in preds[:2]]))
         assert studies[0].label == ("fractured" if studies[0].probability >= 0.5 else "not_fractured")
+        assert studies[0].verdict is None  # no bands given
+    banded = group_by_study(preds, "max", bands=(0.0, 1.01))  # everything is "doubt" in these bands
+    assert [s.verdict for s in banded] == ["doubt", "doubt"] and banded[0].to_row()["verdict"] == "doubt"
+    assert group_by_study(preds, "max", bands=(0.0, 0.0))[0].verdict == "fracture"
     # non-DICOM: each file is its own study unless a map says otherwise
     from synth import write_image
 
@@ -418,12 +422,14 @@ def test_cli_predict_dicom_by_study(tmp_path, model_path, capsys):
     cr_study = next(s for s in studies if s["study"] == cr["study_uid"])
     assert cr_study["n_views"] == 2 and cr_study["aggregation"] == "mean"
     assert cr_study["probability"] == pytest.approx(np.mean([v["probability"] for v in cr_study["views"]]))
+    assert cr_study["verdict"] in ("fracture", "doubt", "no fracture")
     out3 = tmp_path / "studies.csv"
     assert main(["predict", str(folder), "--model", str(model), "--out", str(out3), "--by-study", "--quiet",
                  "--force"]) == 0
     srows = list(csv.DictReader(open(out3)))
     assert list(srows[0])[:3] == ["level", "study", "path"]
     assert [r["level"] for r in srows].count("study") == len(studies) == 3
+    assert all(r["verdict"] for r in srows if r["level"] == "study" and not r["error"])
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the shipped default model is not built yet")

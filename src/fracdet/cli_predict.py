@@ -103,7 +103,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             rows.append(pred)
         studies = []
         if a.by_study:
-            studies = group_by_study(rows, a.study_agg, study_map, predictor.threshold, predictor.labels)
+            studies = group_by_study(rows, a.study_agg, study_map, predictor.threshold, predictor.labels,
+                                     bands=(predictor.doubt_threshold, predictor.fracture_threshold))
             for study in studies:
                 writer.add(study)
     if not a.quiet:
@@ -150,19 +151,20 @@ def _print_studies(studies: Sequence[Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("study / view", "probability", "label", "threshold", "views / error")
+    table = Table("study / view", "probability", "label", "verdict", "threshold", "views / error")
     table.columns[0].overflow = "fold"
     widest = 0
     for s in studies:
         prob = f"{s.probability:.3f}" if s.probability is not None else ""
         note = s.error or f"{s.n_views} view(s), {s.aggregation}"
         style = "red" if not s.ok else ("bold" if s.label == "fractured" else "")
-        table.add_row(f"study {escape(s.study)}", prob, s.label or "", f"{s.threshold:.3f}", note, style=style)
+        table.add_row(f"study {escape(s.study)}", prob, s.label or "", s.verdict or "", f"{s.threshold:.3f}", note,
+                      style=style)
         widest = max(widest, len(s.study) + 6)
         for v in s.views:
             shown = "  " + _shown_path(v)
             widest = max(widest, len(shown))
             vprob = f"{v.probability:.3f}" if v.probability is not None else ""
-            table.add_row(shown, vprob, v.label or "", f"{v.threshold:.3f}", v.error or "",
+            table.add_row(shown, vprob, v.label or "", v.verdict or "", f"{v.threshold:.3f}", v.error or "",
                           style="red" if not v.ok else "dim")
     Console(width=max(120, widest + 60)).print(table)

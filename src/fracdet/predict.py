@@ -81,6 +81,7 @@ class StudyPrediction:
     aggregation: str
     views: list[Prediction] = field(default_factory=list)
     error: str | None = None
+    verdict: str | None = None  # fracture / doubt / no fracture at the model's bands (see group_by_study)
 
     @property
     def ok(self) -> bool:
@@ -94,8 +95,8 @@ class StudyPrediction:
         """The study's own row (CSV: ``level=study``)."""
         return {
             "level": "study", "study": self.study, "path": None,
-            "probability": self.probability, "label": self.label, "threshold": self.threshold,
-            "logit": None, "error": self.error, "n_views": self.n_views,
+            "probability": self.probability, "label": self.label, "verdict": self.verdict,
+            "threshold": self.threshold, "logit": None, "error": self.error, "n_views": self.n_views,
             "aggregation": self.aggregation,
         }
 
@@ -159,13 +160,14 @@ def study_key(pred: Prediction, study_map: Mapping[str, str] | None = None) -> s
 def group_by_study(
     predictions: Iterable[Prediction], aggregation: str = "max",
     study_map: Mapping[str, str] | None = None, threshold: float | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None, bands: tuple[float, float] | None = None,
 ) -> list[StudyPrediction]:
     """Combine views into study verdicts, studies in order of first appearance.
 
     ``aggregation``: ``"max"`` (a study is as suspicious as its most suspicious view)
     or ``"mean"`` of the calibrated view probabilities; the study label applies the
-    model's threshold (``threshold``, default: that of the views) to that value.
+    model's threshold (``threshold``, default: that of the views) to that value, and
+    ``bands`` (the model's doubt and fracture thresholds) give the study its verdict.
     """
     if aggregation not in STUDY_AGGREGATIONS:
         raise FracdetError(f"unknown study aggregation '{aggregation}' (choose {' or '.join(STUDY_AGGREGATIONS)})")
@@ -182,7 +184,8 @@ def group_by_study(
                                        error=f"no readable view ({len(views)} failed)"))
             continue
         prob = float(max(probs) if aggregation == "max" else float(np.mean(probs)))
-        out.append(StudyPrediction(study, prob, names[int(prob >= thr)], thr, aggregation, views))
+        out.append(StudyPrediction(study, prob, names[int(prob >= thr)], thr, aggregation, views,
+                                   verdict=verdict(prob, *bands) if bands else None))
     return out
 
 
