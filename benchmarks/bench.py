@@ -120,18 +120,21 @@ def _worker_main(args: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def _env() -> dict:
+def _env(system_malloc: bool = False) -> dict:
     from fracdet.runtime import find_tcmalloc
 
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     lib = find_tcmalloc()
-    if lib and os.environ.get("FRACDET_ALLOCATOR", "") not in ("system", "glibc", "0", "off"):
+    if system_malloc:
+        env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p)
+    elif lib and os.environ.get("FRACDET_ALLOCATOR", "") not in ("system", "glibc", "0", "off"):
         env["LD_PRELOAD"] = lib
     return env
 
 
-def _run(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], env=_env(), capture_output=True, text=True)
+def _run(*args: str, system_malloc: bool = False) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", *args], env=_env(system_malloc),
+                          capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -172,16 +175,19 @@ def main() -> None:
     onnx = _run("fracdet", str(n), "onnx")
     eager = _run("fracdet", str(n), "torch")
     ref = _run("reference", str(n))
+    ref_glibc = _run("reference", str(n), system_malloc=True)
     print(_row(f"fracdet default model, default settings (`--backend auto` = {auto['backend']})", auto))
     if int8 is not None:
         print(_row("fracdet default model, int8 onnxruntime (`--backend int8`"
                    + (")" if q.get("accepted") else ", opt-in: outside the drift tolerance)"), int8))
     print(_row("fracdet default model, float32 onnxruntime (`--backend onnx`)", onnx))
     print(_row("fracdet default model, PyTorch (`--backend torch`)", eager))
-    print(_row("reference: torchvision ResNet-50 eager, PIL full decode", ref))
+    print(_row("reference: torchvision ResNet-50 eager, PIL full decode (same environment)", ref))
+    print(_row("reference as the reference projects run it (glibc malloc)", ref_glibc))
     rate = lambda r: r["images"] / r["seconds"]  # noqa: E731
-    print(f"\nvs reference: default settings {rate(auto) / rate(ref):.1f}×"
-          + (f", int8 {rate(int8) / rate(ref):.1f}×" if int8 is not None else "") + "\n")
+    print(f"\nvs the reference in the same environment: default settings {rate(auto) / rate(ref):.1f}×"
+          + (f", int8 {rate(int8) / rate(ref):.1f}×" if int8 is not None else "")
+          + f"; vs the reference under glibc malloc: {rate(auto) / rate(ref_glibc):.1f}×\n")
 
     steps = 3 if a.quick else 8
     p1, p2 = _run("train", "1", str(steps)), _run("train", "2", str(steps))
