@@ -38,12 +38,16 @@ def test_two_phases_write_a_complete_run_folder(tmp_path):
     assert 0.0 <= art.threshold <= 1.0 and art.temperature > 0
     assert art.training["phase1_epochs"] == 1 and art.data["count"] == 28
     assert set(art.metrics) >= {"val", "test", "calibration"}
+    assert "ci" in art.metrics["val"] and "ci" in art.metrics["test"]
+    # the int8 step ran: a graph and its measured drift on val (and test) against float32
+    assert art.int8_onnx and art.int8["check"]["n"] == art.metrics["val"]["n"] and "test" in art.int8
+    assert isinstance(art.int8["accepted"], bool)
     assert json.loads((run / "config.json").read_text())["model"] == "simple_cnn"
     assert "Not a medical device" in (run / "model_card.md").read_text()
     # evaluating on the training data re-derives the split and measures the same test images
     from fracdet.evaluate import evaluate
 
-    ev = evaluate(data, res.artifact_path, out_dir=tmp_path / "ev")
+    ev = evaluate(data, res.artifact_path, out_dir=tmp_path / "ev", backend="onnx")  # float32, as in training
     assert "re-derived with the training seed" in ev.split_note
     assert ev.metrics["n"] == art.metrics["test"]["n"]
     assert ev.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=1e-6)

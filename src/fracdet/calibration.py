@@ -82,7 +82,7 @@ def calibrate_from_logits(art: Any, logits: np.ndarray, y: np.ndarray, rule: Any
                           data_name: str = "the validation data") -> dict[str, Any]:
     """:func:`recalibrate` from the model's raw logits of labelled data (in place)."""
     from fracdet.errors import DatasetError
-    from fracdet.metrics import binary_metrics
+    from fracdet.metrics import binary_metrics, with_bootstrap_ci
     from fracdet.operating import ThresholdRule, choose_operating_points
 
     y = np.asarray(y, dtype=int)
@@ -112,7 +112,8 @@ def calibrate_from_logits(art: Any, logits: np.ndarray, y: np.ndarray, rule: Any
     metrics = dict(art.metrics)
     if "test" in metrics:  # measured at the old operating point: kept, but no longer "the" test metrics
         metrics["test_before_recalibration"] = metrics.pop("test")
-    art.metrics = {**metrics, "calibration": summary, "val": binary_metrics(y, prob, ops.threshold)}
+    val = with_bootstrap_ci(binary_metrics(y, prob, ops.threshold), y, prob, ops.threshold)
+    art.metrics = {**metrics, "calibration": summary, "val": val}
     return summary
 
 

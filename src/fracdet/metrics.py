@@ -161,6 +161,17 @@ def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n_resam
     return out
 
 
+def with_bootstrap_ci(m: dict[str, Any], y_true: np.ndarray, prob: np.ndarray, threshold: float,
+                      n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """``m`` plus ``ci`` (:func:`bootstrap_ci`) and ``bootstrap`` (how), as ``fracdet evaluate``
+    reports the test split; unchanged when ``y_true`` lacks a class."""
+    if len(np.unique(np.asarray(y_true, dtype=int))) < 2:
+        return m
+    return {**m, "ci": bootstrap_ci(y_true, prob, threshold, n_resamples, seed),
+            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "level": 0.95,
+                          "method": "percentile, stratified by class"}}
+
+
 def subgroup_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, groups: dict[str, Sequence[Any]],
                      n_resamples: int = 1000, seed: int = 0, min_size: int = 1) -> dict[str, dict[str, Any]]:
     """Metrics with bootstrap CIs per subgroup.

@@ -32,7 +32,7 @@ from fracdet.data.loader import make_loader
 from fracdet.data.splits import assert_no_group_leakage, split_dataset
 from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
-from fracdet.metrics import binary_metrics
+from fracdet.metrics import binary_metrics, with_bootstrap_ci
 from fracdet.models import FracNet, create_model
 from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 
@@ -316,7 +316,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     ops = _operating_points(val_y, val_prob)
     threshold = ops.threshold
     metrics: dict[str, Any] = {
-        "val": binary_metrics(val_y, val_prob, threshold),
+        "val": with_bootstrap_ci(binary_metrics(val_y, val_prob, threshold), val_y, val_prob, threshold),
         "calibration": {
             "temperature": temperature,
             "val_ece_before": expected_calibration_error(calibrated_probability(val_logits, 1.0), val_y),
