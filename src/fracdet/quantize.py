@@ -38,6 +38,14 @@ def _batches(samples: Sequence[Any], transform: Any, batch_size: int) -> Iterato
             yield x.numpy(), y.numpy()
 
 
+def _float32_onnx(artifact: Any) -> bytes:
+    """The artifact's float32 graph, from the export cache that prediction uses."""
+    from fracdet.export import cached_onnx
+
+    with torch.inference_mode(False):  # the network may be built here, outside inference mode
+        return cached_onnx(artifact, artifact.build_model).read_bytes()
+
+
 def quantize_onnx(fp32_onnx: bytes, calibration: Sequence[Any], transform: Any, batch_size: int = 16) -> bytes:
     """int8 version of an exported graph, its activation ranges measured on ``calibration``
     samples (prepared with ``transform``, no augmentation)."""
@@ -90,10 +98,10 @@ def compare_int8(fp32_onnx: bytes, int8_onnx: bytes, samples: Sequence[Any], tra
         "label_agreement": float(np.mean((pa >= threshold) == (pb >= threshold))),
     }
     if len(set(y.tolist())) == 2:
-        from sklearn.metrics import roc_auc_score
+        from fracdet.metrics import roc_auc
 
-        out["auroc_fp32"] = float(roc_auc_score(y, pa))
-        out["auroc_int8"] = float(roc_auc_score(y, pb))
+        out["auroc_fp32"] = roc_auc(y, pa)
+        out["auroc_int8"] = roc_auc(y, pb)
     return out
 
 
@@ -117,7 +125,7 @@ def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence
     (returned; ``accepted`` says whether ``--backend auto`` may use it).  At most :data:`CALIBRATION_IMAGES` of
     ``calibration`` are used (a seeded random choice); ``test``: also report on these;
     ``tolerance``: instead of :data:`INT8_TOLERANCE`."""
-    from fracdet.export import onnx_available, onnx_bytes
+    from fracdet.export import onnx_available
 
     if not onnx_available():
         raise FracdetError("int8 quantization needs onnxruntime: pip install onnxruntime")
@@ -129,8 +137,7 @@ def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence
     rng = np.random.default_rng(seed)
     if len(calibration) > CALIBRATION_IMAGES:
         calibration = [calibration[i] for i in sorted(rng.choice(len(calibration), CALIBRATION_IMAGES, replace=False))]
-    with torch.inference_mode(False):
-        fp32 = onnx_bytes(artifact.build_model(), artifact.preprocess.input_size)
+    fp32 = _float32_onnx(artifact)
     int8 = quantize_onnx(fp32, calibration, transform)
     agreement = compare_int8(fp32, int8, check, transform, artifact.temperature, artifact.threshold)
     tolerance = dict(tolerance or INT8_TOLERANCE)
@@ -153,13 +160,11 @@ def recheck_int8(artifact: Any, samples: Sequence[Any], note: str) -> dict[str, 
     """Re-measure a stored int8 graph against float32 on ``samples`` at the artifact's current
     temperature and threshold (after ``fracdet calibrate`` changed them) and update whether
     ``--backend auto`` may use it.  None when the artifact has no int8 graph."""
-    from fracdet.export import onnx_bytes
     from fracdet.transforms import build_transforms
 
     if not artifact.int8_onnx:
         return None
-    with torch.inference_mode(False):
-        fp32 = onnx_bytes(artifact.build_model(), artifact.preprocess.input_size)
+    fp32 = _float32_onnx(artifact)
     check = compare_int8(fp32, artifact.int8_onnx, samples, build_transforms(artifact.preprocess),
                          artifact.temperature, artifact.threshold)
     tolerance = dict(artifact.int8.get("tolerance") or INT8_TOLERANCE)
