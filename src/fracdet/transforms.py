@@ -146,6 +146,9 @@ class ModelTransform:
         self.spec = spec
         self.mean = np.asarray(spec.mean[: spec.channels], dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(spec.std[: spec.channels], dtype=np.float32).reshape(-1, 1, 1)
+        # (x - mean) / std as x * scale + shift, one channel at a time, written in place
+        self._scale = (1.0 / self.std).reshape(-1)
+        self._shift = (-self.mean / self.std).reshape(-1)
         aug = augment if augment is not None else AugmentConfig()
         self.augmenter = _augmenter(aug) if train and aug.enabled else None
 
@@ -157,9 +160,18 @@ class ModelTransform:
         """Augment (training only), expand to the model's channels and normalise."""
         if self.augmenter is not None:
             x = self.augmenter(x)
-        # numpy, not torch: PyTorch's intra-op threads made this tiny step 25× slower
-        # beside inference on 2 cores (measured)
-        return torch.from_numpy((x.numpy() - self.mean) / self.std)
+        out = np.empty((len(self._scale),) + tuple(x.shape[-2:]), np.float32)
+        self._normalise_into(x, out)
+        return torch.from_numpy(out)
+
+    def _normalise_into(self, x: torch.Tensor, out: np.ndarray) -> None:
+        """Write the normalised channels of a 1×S×S image into ``out`` (C×S×S).  numpy, not
+        torch: PyTorch's intra-op threads made this tiny step 25× slower beside inference on
+        2 cores (measured)."""
+        gray = x.numpy()[0]
+        for c in range(len(self._scale)):
+            np.multiply(gray, self._scale[c], out=out[c])
+            out[c] += self._shift[c]
 
     def finish_batch(self, prepared: list[torch.Tensor], out: np.ndarray | None = None) -> torch.Tensor:
         """:meth:`finish` (no augmentation) of prepared 1×S×S images straight into one N×C×S×S
@@ -167,14 +179,10 @@ class ModelTransform:
         if self.augmenter is not None:
             return torch.stack([self.finish(p) for p in prepared])
         n, s = len(prepared), self.spec.input_size
-        shape = (n, len(self.mean), s, s)
+        shape = (n, len(self._scale), s, s)
         buf = out[:n] if out is not None and out.shape[0] >= n and out.shape[1:] == shape[1:] else np.empty(shape, np.float32)
-        scale, shift = (1.0 / self.std).reshape(-1), (-self.mean / self.std).reshape(-1)
         for i, p in enumerate(prepared):
-            x = p.numpy()[0]
-            for c in range(len(scale)):
-                np.multiply(x, scale[c], out=buf[i, c])
-                buf[i, c] += shift[c]
+            self._normalise_into(p, buf[i])
         return torch.from_numpy(buf)
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
