@@ -98,3 +98,12 @@ def test_models_and_help_list(capsys):
     proc = subprocess.run([sys.executable, "-m", "fracdet", "--help"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and "train" in proc.stdout and "not a medical device" in proc.stdout
+
+
+def test_shared_cli_choices_match_the_library():
+    from fracdet.cli_options import BACKEND_CHOICES, LAYOUT_CHOICES
+    from fracdet.data.layouts import LAYOUTS
+    from fracdet.predict import BACKENDS
+
+    assert LAYOUT_CHOICES == ("auto", *LAYOUTS)
+    assert BACKEND_CHOICES == BACKENDS

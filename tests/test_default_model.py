@@ -55,7 +55,7 @@ def test_default_model_int8_drift_matches_its_card():
     from fracdet.data.layouts import load_dataset
     from fracdet.evaluate import select_samples
     from fracdet.export import onnx_bytes
-    from fracdet.predict import _choose_backend
+    from fracdet.predict import choose_backend
     from fracdet.quantize import compare_int8, within_tolerance
     from fracdet.transforms import build_transforms
 
@@ -68,4 +68,4 @@ def test_default_model_int8_drift_matches_its_card():
     assert got["n"] == stored["n"]
     assert got["mean_abs_diff"] == pytest.approx(stored["mean_abs_diff"], abs=0.01)
     assert within_tolerance(got)[0] == art.int8["accepted"]
-    assert _choose_backend("auto", art) == ("int8" if art.int8["accepted"] else "onnx")
+    assert choose_backend("auto", art) == ("int8" if art.int8["accepted"] else "onnx")

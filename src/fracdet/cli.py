@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fracdet.cli_options import add_backend_option, add_layout_option, add_model_option
+
 from fracdet import __version__
 from fracdet.cli_audit import add_audit, add_split
 from fracdet.cli_clinical import add_calibrate, add_ensemble
@@ -18,9 +20,6 @@ from fracdet.cli_quantize import add_quantize
 from fracdet.cli_predict import add_predict
 
 log = logging.getLogger("fracdet")
-MODEL_HELP = "model artifact (.fracdet); default: the model shipped with fracdet"
-
-
 def _setup_logging(verbose: int) -> None:
     from rich.logging import RichHandler
 
@@ -40,7 +39,7 @@ def _setup_logging(verbose: int) -> None:
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a classifier (two phases) and write a run folder with the model")
     p.add_argument("data", nargs="?", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
-    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    add_layout_option(p)
     p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
     p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
@@ -148,10 +147,10 @@ def _print_run_summary(result: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="clinical metrics of a model on labelled data (JSON, table, ROC, confusion)")
     p.add_argument("data")
-    p.add_argument("--model", help=MODEL_HELP)
+    add_model_option(p)
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
     p.add_argument("--split", default="auto", help="auto (test split), train, val, test or all")
-    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    add_layout_option(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dedupe-against", metavar="TRAIN_DATA",
                    help="drop test images that duplicate or near-duplicate these training images; report both ways")
@@ -163,8 +162,7 @@ def _add_evaluate(sub: Any) -> None:
     c = p.add_argument_group("clinical report")
     c.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the image, its mirror and ±10° rotations (4× slower)")
-    c.add_argument("--backend", choices=["auto", "int8", "onnx", "torch"], default="auto",
-                   help="inference engine, as for predict (default auto: what predict uses)")
+    add_backend_option(c, help="inference engine, as for predict (default auto: what predict uses)")
     c.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="stratified bootstrap resamples for the 95%% confidence intervals (default 1000)")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -221,7 +219,7 @@ def _cmd_models(a: argparse.Namespace) -> int:
 
 def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="describe a model artifact and the runtime")
-    p.add_argument("--model", help=MODEL_HELP)
+    add_model_option(p)
     p.set_defaults(func=_cmd_info)
 
 
@@ -238,10 +236,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print(json.dumps({"model": str(a.model or default_model_path()), **d}, indent=2, default=str))
     from fracdet.runtime import active_allocator
 
-    from fracdet.predict import _choose_backend
+    from fracdet.predict import choose_backend
 
     print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"allocator {active_allocator()}, inference backend (auto) {_choose_backend('auto', art)}")
+          f"allocator {active_allocator()}, inference backend (auto) {choose_backend('auto', art)}")
     return 0
 
 

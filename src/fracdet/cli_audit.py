@@ -7,13 +7,13 @@ import argparse
 import sys
 from typing import Any
 
-LAYOUTS = ["auto", "split-folders", "class-folders", "csv", "fracatlas"]
+from fracdet.cli_options import add_layout_option
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     from fracdet.data.audit import FINE_THRESHOLD, NEAR_THRESHOLD
 
-    p.add_argument("--layout", default="auto", choices=LAYOUTS)
+    add_layout_option(p)
     p.add_argument("--threshold", type=int, default=NEAR_THRESHOLD,
                    help=f"near-duplicate: max 64-bit phash distance over the 8 rotations/flips (default {NEAR_THRESHOLD})")
     p.add_argument("--fine-threshold", type=int, default=FINE_THRESHOLD,

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-MODEL_HELP = "model artifact (.fracdet); default: the model shipped with fracdet"
-
+from fracdet.cli_options import add_layout_option, add_model_option
 
 def _unit(text: str) -> float:
     try:
@@ -44,7 +42,7 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
                    help="specificity of the 'fracture' threshold (default 0.95)")
     p.add_argument("--split", default="auto",
                    help="auto (the val split; all images of data the model was not trained on), val, train, test or all")
-    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    add_layout_option(p)
     p.add_argument("--batch-size", type=int, default=32)
 
 
@@ -59,10 +57,6 @@ def rule_from_args(a: argparse.Namespace) -> Any:
     return ThresholdRule(rule=rule, target_sensitivity=a.target_sensitivity, target_specificity=a.target_specificity,
                          cost_fn=a.cost_fn or 1.0, cost_fp=a.cost_fp or 1.0, doubt_sensitivity=a.doubt_sensitivity,
                          fracture_specificity=a.fracture_specificity)
-
-
-def _card_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".model_card.md")
 
 
 def _print_points(art: Any) -> None:
@@ -82,7 +76,7 @@ def add_calibrate(sub: Any) -> None:
         "before use in a new hospital. Writes a new artifact and its model card; the weights are unchanged.",
     )
     p.add_argument("data", metavar="VAL_DATA", help="labelled data (any layout)")
-    p.add_argument("--model", help=MODEL_HELP)
+    add_model_option(p)
     p.add_argument("--out", required=True, metavar="NEW_MODEL", help="the recalibrated artifact (.fracdet)")
     _add_rule_args(p)
     p.set_defaults(func=_cmd_calibrate)
@@ -91,8 +85,7 @@ def add_calibrate(sub: Any) -> None:
 def _cmd_calibrate(a: argparse.Namespace) -> int:
     from fracdet.artifact import load_artifact, save_artifact
     from fracdet.calibration import recalibrate, validation_samples
-    from fracdet.fsutil import write_text
-    from fracdet.modelcard import render_model_card
+    from fracdet.modelcard import write_model_card_beside
 
     rule = rule_from_args(a)
     art = load_artifact(a.model)
@@ -105,14 +98,14 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
     q = recheck_int8(art, samples, f"{note} of {a.data}")  # the int8 check, at the new temperature
     out = save_artifact(art, a.out)
-    write_text(_card_path(out), render_model_card(art))
+    card = write_model_card_beside(art, out)
     print(f"calibrated on {note} ({cal['n']} images, {cal['positives']} fractured)")
     print(f"temperature {before:.3f} → {art.temperature:.3f}; ECE {cal['val_ece_previous']:.3f} → {cal['val_ece_after']:.3f}"
           f" (uncalibrated {cal['val_ece_before']:.3f})")
     _print_points(art)
     if q is not None:
         print(f"\n{q['reason']} (re-measured on the calibration data)")
-    print(f"\nwritten: {out}, {_card_path(out)}")
+    print(f"\nwritten: {out}, {card}")
     return 0
 
 
@@ -138,8 +131,7 @@ def add_ensemble(sub: Any) -> None:
 def _cmd_ensemble(a: argparse.Namespace) -> int:
     from fracdet.artifact import load_artifact, save_artifact
     from fracdet.errors import FracdetError
-    from fracdet.fsutil import write_text
-    from fracdet.modelcard import render_model_card
+    from fracdet.modelcard import write_model_card_beside
     from fracdet.models.ensemble import fit_ensemble, parse_weights
 
     if len(a.models) < 2:
@@ -149,7 +141,7 @@ def _cmd_ensemble(a: argparse.Namespace) -> int:
     art, summary = fit_ensemble(members, a.models, data=a.data, weights=weights, fit=a.fit, split=a.split,
                                 layout=a.layout, rule=rule_from_args(a), batch_size=a.batch_size)
     out = save_artifact(art, a.out)
-    write_text(_card_path(out), render_model_card(art))
+    card = write_model_card_beside(art, out)
     for src, w in zip(a.models, summary["weights"]):
         print(f"member {src}: weight {w:.3f}")
     print(f"weights: {summary['weights_from']}")
@@ -158,7 +150,7 @@ def _cmd_ensemble(a: argparse.Namespace) -> int:
         print(f"validation AUROC: members {aucs}; ensemble {summary['val_auroc_ensemble']:.3f} "
               f"({summary['n']} images, {summary['positives']} fractured)")
     _print_points(art)
-    print(f"\nwritten: {out}, {_card_path(out)}")
+    print(f"\nwritten: {out}, {card}")
     return 0
 
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fracdet.cli_options import add_model_option
+
 
 def heatmap_dir(value: str, out: str | None) -> Path:
     """``--heatmaps DIR``; with no DIR, beside ``--out`` (``rows.csv`` → ``rows-heatmaps/``) or ./heatmaps."""
@@ -96,7 +98,7 @@ def add_explain(sub: Any) -> None:
         "PNG at the original size with legend and verdict, and the raw map (.npy), per image and method.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", help="model artifact (.fracdet); default: the model shipped with fracdet")
+    add_model_option(p)
     p.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
     p.add_argument("--method", action="append", metavar="METHOD",
                    help=f"CAM method, repeatable: {', '.join(METHODS)} (default gradcam); "

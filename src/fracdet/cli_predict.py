@@ -13,9 +13,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-
-BACKEND_HELP = ("inference engine: auto (onnxruntime int8 when the model carries a checked int8 graph, "
-                "else onnxruntime float32 when installed, else PyTorch), int8, onnx (float32) or torch")
+from fracdet.cli_options import add_backend_option, add_model_option
 
 
 def _window_arg(text: str) -> int | None:
@@ -38,7 +36,7 @@ def add_predict(sub: Any) -> None:
         "one row per frame.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", help="model artifact (.fracdet); default: the model shipped with fracdet")
+    add_model_option(p)
     p.add_argument("--out", help="write rows to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images per network call (default 8: fastest measured on a 2-core CPU)")
@@ -46,8 +44,7 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities of the image, its mirror and "
                    "±10° rotations (4× slower; PyTorch backend)")
-    p.add_argument("--backend", choices=["auto", "int8", "onnx", "torch"], default="auto",
-                   help=BACKEND_HELP)
+    add_backend_option(p)
     h = p.add_argument_group("heatmaps")
     h.add_argument("--heatmaps", nargs="?", const="", default=None, metavar="DIR",
                    help="also write a heatmap overlay PNG and the raw map (.npy) per image into DIR "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-MODEL_HELP = "model artifact (.fracdet); default: the model shipped with fracdet"
+from fracdet.cli_options import add_layout_option, add_model_option
 
 
 def add_quantize(sub: Any) -> None:
@@ -19,9 +19,9 @@ def add_quantize(sub: Any) -> None:
         "half of the images and checks on the other half. Training adds it already unless --no-int8.",
     )
     p.add_argument("data", help="labelled images (any layout), ideally the model's training data")
-    p.add_argument("--model", help=MODEL_HELP)
+    add_model_option(p)
     p.add_argument("--out", required=True, metavar="NEW_MODEL", help="the artifact with int8 (.fracdet)")
-    p.add_argument("--layout", default="auto", choices=["auto", "split-folders", "class-folders", "csv", "fracatlas"])
+    add_layout_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration choice (default 0)")
     p.set_defaults(func=_cmd_quantize)
 
@@ -33,8 +33,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from fracdet.data.layouts import load_dataset
     from fracdet.errors import DatasetError
     from fracdet.evaluate import select_samples
-    from fracdet.fsutil import write_text
-    from fracdet.modelcard import render_model_card
+    from fracdet.modelcard import write_model_card_beside
     from fracdet.quantize import quantize_artifact
 
     art = load_artifact(a.model)
@@ -64,7 +63,6 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     if not q["accepted"]:
         print("int8 graph stored for --backend int8 only: --backend auto keeps float32")
     out = save_artifact(art, a.out)
-    card = out.with_name(out.stem + ".model_card.md")
-    write_text(card, render_model_card(art))
+    card = write_model_card_beside(art, out)
     print(f"written: {out}, {card}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fracdet.artifact import ModelArtifact
@@ -235,3 +236,13 @@ def render_model_card(art: ModelArtifact) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_model_card_beside(art: ModelArtifact, artifact_path: str | Path) -> Path:
+    """Write ``art``'s model card next to its artifact file (``NAME.model_card.md``)."""
+    from fracdet.fsutil import write_text
+
+    path = Path(artifact_path)
+    card = path.with_name(path.stem + ".model_card.md")
+    write_text(card, render_model_card(art))
+    return card

@@ -198,7 +198,7 @@ class Predictor:
             torch.set_num_threads(threads)
         self.artifact = artifact
         self._model: torch.nn.Module | None = None  # built on first use (the ONNX path may never need it)
-        self.backend = _choose_backend("torch" if tta else backend, artifact)
+        self.backend = choose_backend("torch" if tta else backend, artifact)
         self.tta_model = None  # ``tta``: flip + small rotations averaged in probability space (fracdet.tta)
         if tta:
             from fracdet.tta import with_tta
@@ -363,7 +363,7 @@ class _ItemLoader:
 BACKENDS = ("auto", "int8", "onnx", "torch")
 
 
-def _choose_backend(backend: str, artifact: ModelArtifact | None = None) -> str:
+def choose_backend(backend: str, artifact: ModelArtifact | None = None) -> str:
     """The inference backend: for 'auto', onnxruntime int8 when the artifact carries an int8
     graph within tolerance (see :mod:`fracdet.quantize`), else onnxruntime float32, else
     PyTorch.  'int8' outside the tolerance is allowed with a warning giving the measured drift."""
