@@ -271,6 +271,16 @@ class Predictor:
             pred.heatmap = heatmaps(self.model, batch, [image], cam_method, self.artifact.preprocess.resize)[0]
         return pred
 
+    def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
+        return Prediction(path=str(path), probability=None, label=None, threshold=self.threshold,
+                          error=reason, meta=dict(getattr(exc, "meta", None) or {}))
+
+    def _read(self, path: Path, size: int, dicom: DicomOptions) -> list[XRay]:
+        if is_dicom_file(path):
+            return read_frames(path, dicom)
+        with dicom_options(dicom):
+            return [read_image(path, min_size=size)]
+
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 8,
         on_result: Callable[[Prediction], None] | None = None,
@@ -284,10 +294,9 @@ class Predictor:
         (20–30%) beside the network measured slower than decoding between network calls."""
         queue: list[tuple[XRay, torch.Tensor] | Prediction] = []  # error rows keep their place
         size = self.artifact.preprocess.input_size
-        loader = _ItemLoader(self.transform, size, dicom or DicomOptions())
+        dicom = dicom or DicomOptions()
+        buffer = np.empty((batch_size, self.artifact.preprocess.channels, size, size), np.float32)  # reused
         n_ready = 0
-
-        buffer = np.empty((batch_size, self.artifact.preprocess.channels, size, size), np.float32)
 
         def flush() -> list[Prediction]:
             ready = [q for q in queue if not isinstance(q, Prediction)]
@@ -305,10 +314,23 @@ class Predictor:
             queue.clear()
             return out
 
-        for loaded in map(loader, iter_image_files(paths)):
-            if isinstance(loaded, _Failure):
-                queue.append(Prediction(path=loaded.path, probability=None, label=None, threshold=self.threshold,
-                                        error=loaded.reason, meta=loaded.meta))
+        def load(path: Path) -> list[tuple[XRay, torch.Tensor]] | Prediction:
+            """The file's resized 1×S×S images (normalised per batch by ``flush``) or its error row."""
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    xrays = self._read(path, size, dicom)
+                for w in caught:
+                    log.warning("%s", w.message)
+                return [(x, self.transform.prepare(x.pixels)) for x in xrays]
+            except ImageReadError as exc:
+                return self._error_row(path, exc.reason, exc)
+            except FracdetError as exc:
+                return self._error_row(path, str(exc), exc)
+
+        for loaded in map(load, iter_image_files(paths)):
+            if isinstance(loaded, Prediction):
+                queue.append(loaded)
                 prepared = []
             else:
                 prepared = loaded
@@ -322,42 +344,6 @@ class Predictor:
                     yield from flush()
                     n_ready = 0
         yield from flush()
-
-
-@dataclass
-class _Failure:
-    """A file that could not be read, and why."""
-
-    path: str
-    reason: str
-    meta: dict[str, Any]
-
-
-class _ItemLoader:
-    """``loader(path)`` → the file's prepared ``(XRay, tensor)`` pairs (a DICOM gives one per
-    frame) or a :class:`_Failure`."""
-
-    def __init__(self, transform: Any, size: int, dicom: DicomOptions) -> None:
-        self.transform, self.size, self.dicom = transform, size, dicom
-
-    def _read(self, path: Path) -> list[XRay]:
-        if is_dicom_file(path):
-            return read_frames(path, self.dicom)
-        with dicom_options(self.dicom):
-            return [read_image(path, min_size=self.size)]
-
-    def __call__(self, path: Path) -> list[tuple[XRay, torch.Tensor]] | _Failure:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                xrays = self._read(path)
-            for w in caught:
-                log.warning("%s", w.message)
-            return [(x, self.transform.prepare(x.pixels)) for x in xrays]
-        except ImageReadError as exc:
-            return _Failure(str(path), exc.reason, dict(getattr(exc, "meta", None) or {}))
-        except FracdetError as exc:
-            return _Failure(str(path), str(exc), dict(getattr(exc, "meta", None) or {}))
 
 
 BACKENDS = ("auto", "int8", "onnx", "torch")
@@ -394,9 +380,8 @@ def choose_backend(backend: str, artifact: ModelArtifact | None = None) -> str:
 
 def load_model(path: str | Path | None = None, backend: str = "auto", tta: bool = False) -> Predictor:
     """Load an artifact (the shipped default when ``path`` is None) as a :class:`Predictor`;
-    ``backend`` is 'auto' (onnxruntime, int8 when the model carries a checked int8 graph),
-    'int8', 'onnx' (float32) or 'torch'; ``tta``:
-    test-time augmentation (PyTorch backend)."""
+    ``backend`` is 'auto' (see :func:`choose_backend`), 'int8', 'onnx' (float32) or 'torch';
+    ``tta``: test-time augmentation (PyTorch backend)."""
     return Predictor(load_artifact(path), backend=backend, tta=tta)
 
 
