@@ -67,7 +67,7 @@ def _texture(h=60, w=90, seed=1):
 
 def _prepare(pixels):
     t = build_transforms(PreprocessSpec(input_size=S, mean=(0.5,) * 3, std=(0.5,) * 3))
-    return t(pixels)[None]
+    return torch.from_numpy(t(pixels)[None])
 
 
 def _quadrant_of(heatmap):
@@ -103,7 +103,7 @@ def test_unletterbox_inverts_the_letterbox():
     h, w = 50, 120
     yy, xx = np.mgrid[0:h, 0:w]
     img = (xx / (w - 1)).astype(np.float32)  # a left→right ramp
-    boxed = resize_to_input(img, S)[0].numpy()
+    boxed = resize_to_input(img, S)[0]
     top, left, nh, nw = letterbox_window(h, w, S)
     assert (top, left, nh, nw) == (18, 0, 27, 64)  # (64 - 27) // 2 = 18
     assert boxed[:top].max() == 0 and boxed[top + nh:].max() == 0  # the padding
@@ -246,7 +246,7 @@ def test_fracdet_ensemble_net_explains_with_its_members_layers():
                ensemble.Member(nets[1], 32, (0.5,) * 3, (0.25,) * 3, 2.0)]
     ens = ensemble.EnsembleNet(members, [1.0, 3.0]).eval()
     px = _texture(70, 50)
-    x = resize_to_input(px, 48).expand(3, -1, -1)[None]  # the ensemble's own input: [0, 1], 3 channels
+    x = torch.from_numpy(resize_to_input(px, 48)).expand(3, -1, -1)[None]  # the ensemble's own input: [0, 1], 3 channels
     for method in ("gradcam", "eigencam"):
         got = cam_at_input(ens, x, method)
         want = 0.25 * cam_at_input(members[0], x, method) + 0.75 * cam_at_input(members[1], x, method)

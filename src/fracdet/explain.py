@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fracdet.errors import FracdetError
+from fracdet.transforms import letterbox_window
 
 METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam")
 """CAM methods by name; the first is the default."""
@@ -165,16 +166,6 @@ def cam_at_input(model: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD
     return np.clip(total, 0.0, 1.0)
 
 
-def letterbox_window(h: int, w: int, size: int, mode: str = "letterbox") -> tuple[int, int, int, int]:
-    """(top, left, height, width) of an h×w image inside the size×size input (as
-    :func:`fracdet.transforms.resize_to_input` places it)."""
-    if mode == "stretch":
-        return 0, 0, size, size
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    return (size - nh) // 2, (size - nw) // 2, nh, nw
-
-
 def unletterbox(cam: np.ndarray, image_hw: tuple[int, int], out_hw: tuple[int, int] | None = None,
                 mode: str = "letterbox") -> np.ndarray:
     """An S×S map at the model input → the map of the h×w image (``image_hw``) that was
@@ -195,10 +186,12 @@ def original_hw(pixels: np.ndarray, meta: dict[str, Any] | None) -> tuple[int, i
     return int(pixels.shape[0]), int(pixels.shape[1])
 
 
-def heatmaps(model: nn.Module, batch: torch.Tensor, images: Sequence[Any], method: str = DEFAULT_METHOD,
+def heatmaps(model: nn.Module, batch: torch.Tensor | np.ndarray, images: Sequence[Any], method: str = DEFAULT_METHOD,
              resize: str = "letterbox") -> list[np.ndarray]:
     """One H×W float32 map in [0, 1] per image at its original size. ``images`` are the
     XRays (``.pixels``, ``.meta``) that were transformed into ``batch``."""
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(np.array(batch, dtype=np.float32))
     maps = cam_at_input(model, batch, method)
     return [unletterbox(m, img.pixels.shape[:2], original_hw(img.pixels, img.meta), resize)
             for m, img in zip(maps, images)]

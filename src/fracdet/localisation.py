@@ -227,7 +227,7 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
             tensors.append(predictor.transform(x.pixels))
         if not xrays:
             continue
-        x = torch.stack(tensors)
+        x = torch.from_numpy(np.stack(tensors))
         preds = predictor._results(predictor.logits(x), xrays)
         maps: dict[str, list[np.ndarray]] = {}
         for m in methods:

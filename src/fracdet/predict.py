@@ -245,13 +245,14 @@ class Predictor:
         ]
 
     @torch.inference_mode()
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
+    def logits(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """Raw logits for a batch of prepared inputs N×C×S×S (onnxruntime or PyTorch)."""
         if self._onnx is not None:
-            return self._onnx(batch.numpy())
+            return self._onnx(np.asarray(batch))
+        x = torch.as_tensor(batch)
         if self.tta_model is not None:
-            return self.tta_model(batch).float().numpy()
-        return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
+            return self.tta_model(x).float().numpy()
+        return self.model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
 
     def predict(self, image: str | Path | np.ndarray | XRay,
                 dicom: DicomOptions | None = None, heatmap: bool = False,
@@ -292,7 +293,7 @@ class Predictor:
 
         Decoding runs in line: on 2 cores, a decode thread (7%) or a decode worker process
         (20–30%) beside the network measured slower than decoding between network calls."""
-        queue: list[tuple[XRay, torch.Tensor] | Prediction] = []  # error rows keep their place
+        queue: list[tuple[XRay, np.ndarray] | Prediction] = []  # error rows keep their place
         size = self.artifact.preprocess.input_size
         dicom = dicom or DicomOptions()
         buffer = np.empty((batch_size, self.artifact.preprocess.channels, size, size), np.float32)  # reused
@@ -306,7 +307,7 @@ class Predictor:
             if heatmaps and ready:  # ``heatmaps=True``: each prediction carries its CAM
                 from fracdet.explain import heatmaps as cams
 
-                maps = iter(cams(self.model, batch.clone(), [x for x, _ in ready],
+                maps = iter(cams(self.model, batch.copy(), [x for x, _ in ready],
                                  cam_method, self.artifact.preprocess.resize))
                 for q, o in zip(queue, out):
                     if not isinstance(q, Prediction):
@@ -314,7 +315,7 @@ class Predictor:
             queue.clear()
             return out
 
-        def load(path: Path) -> list[tuple[XRay, torch.Tensor]] | Prediction:
+        def load(path: Path) -> list[tuple[XRay, np.ndarray]] | Prediction:
             """The file's resized 1×S×S images (normalised per batch by ``flush``) or its error row."""
             try:
                 with warnings.catch_warnings(record=True) as caught:

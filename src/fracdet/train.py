@@ -34,6 +34,7 @@ from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
 from fracdet.metrics import binary_metrics, with_bootstrap_ci
 from fracdet.models import FracNet, create_model
+from fracdet.data.augment import build_train_transforms
 from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
         ds.to_csv(run_dir / "split.csv")
         log.info("run folder %s: train %d, val %d, test %d", run_dir, len(train_s), len(val_s), len(test_s))
 
-    train_loader = make_loader(train_s, build_transforms(spec, train=True, augment=cfg.augment),
+    train_loader = make_loader(train_s, build_train_transforms(spec, cfg.augment),
                                cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                                cache=cfg.cache_images, seed=cfg.seed)
     val_loader = make_loader(val_s, build_transforms(spec), cfg.batch_size, num_workers=cfg.num_workers,

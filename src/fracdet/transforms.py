@@ -1,9 +1,13 @@
-"""Preprocessing and augmentation as plain callables built from a model's spec.
+"""Preprocessing as plain callables built from a model's spec — numpy and Pillow only.
 
-Input is always the package's pixel convention (see :mod:`fracdet.io.images`): a float32
-H×W array in [0, 1], bone bright.  Output is a float32 tensor C×S×S normalised with the
-model's own mean/std, ready for the network.  The same :class:`PreprocessSpec` is stored in
-every artifact, so prediction never depends on the training configuration.
+Input is always the package's pixel convention (see :mod:`fracdet.io.xray`): a float32 H×W
+array in [0, 1], bone bright.  Output is a float32 array C×S×S normalised with the model's own
+mean/std, ready for the network.  The same :class:`PreprocessSpec` is stored in every
+artifact, so prediction never depends on the training configuration.
+
+One letterbox geometry (:func:`letterbox_window`) places an image in the model input
+(:func:`resize_to_input`) and maps model-input maps back onto the image (fracdet.explain).
+Training-time augmentation (PyTorch) lives in :mod:`fracdet.data.augment`.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2
 
-Transform = Callable[[np.ndarray], torch.Tensor]
+Transform = Callable[[np.ndarray], np.ndarray]
+RESIZE_MODES = ("letterbox", "stretch")
 
 
 @dataclass
@@ -47,7 +50,8 @@ class PreprocessSpec:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation; every part can be switched off or tuned."""
+    """Training-time augmentation; every part can be switched off or tuned (applied by
+    :mod:`fracdet.data.augment`)."""
 
     rotation: float = 20.0  # degrees, ±
     translate: float = 0.10  # fraction of the size
@@ -76,122 +80,82 @@ class AugmentConfig:
         return cls(enabled=False)
 
 
-def resize_to_input(pixels: np.ndarray, size: int, mode: str = "letterbox") -> torch.Tensor:
-    """Resize an H×W [0,1] array to a 1×size×size tensor (bilinear, antialiased).
-
-    Pillow's float ("F") resize is used rather than ``torch.nn.functional.interpolate``: the
-    same antialiased bilinear filter (outputs agree to 1e-5), but it does not contend for
-    PyTorch's intra-op threads, which made it 4× slower beside inference on 2 cores.
-    """
-    if mode not in ("letterbox", "stretch"):
+def letterbox_window(h: int, w: int, size: int, mode: str = "letterbox") -> tuple[int, int, int, int]:
+    """(top, left, height, width) of an h×w image inside the size×size model input: scaled to
+    fit (aspect kept) and centred for ``letterbox``, the whole input for ``stretch``."""
+    if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r} (use 'letterbox' or 'stretch')")
-    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
-    h, w = pixels.shape[:2]
     if mode == "stretch":
-        nh = nw = size
-    else:
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        return 0, 0, size, size
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+def resize_to_input(pixels: np.ndarray, size: int, mode: str = "letterbox") -> np.ndarray:
+    """Resize an H×W [0,1] array to a 1×size×size float32 array (bilinear, antialiased),
+    placed by :func:`letterbox_window` on black.
+
+    Pillow's float ("F") resize: the same antialiased bilinear filter as PyTorch's
+    ``interpolate(antialias=True)`` (outputs agree to 1e-5), without PyTorch.
+    """
+    h, w = pixels.shape[:2]
+    top, left, nh, nw = letterbox_window(h, w, size, mode)
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
     out = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
     canvas = np.zeros((1, size, size), dtype=np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
     canvas[0, top : top + nh, left : left + nw] = out
-    return torch.from_numpy(canvas)
-
-
-class _PixelNoise(torch.nn.Module):
-    """Add zero-mean Gaussian noise with a std drawn uniformly from [0, ``max_std``]."""
-
-    def __init__(self, max_std: float) -> None:
-        super().__init__()
-        self.max_std = float(max_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        std = float(torch.rand(())) * self.max_std
-        return x + torch.randn_like(x) * std
-
-
-def _augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    ops: list[Any] = [
-        v2.RandomAffine(
-            degrees=aug.rotation,
-            translate=(aug.translate, aug.translate),
-            scale=(1.0 - aug.zoom, 1.0 + aug.zoom),
-        )
-    ]
-    if aug.hflip:
-        ops.append(v2.RandomHorizontalFlip())
-    if aug.brightness or aug.contrast:
-        ops.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
-    if aug.blur_p > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=aug.blur_p))
-    if aug.noise > 0 and aug.noise_p > 0:
-        ops.append(v2.RandomApply([_PixelNoise(aug.noise)], p=aug.noise_p))
-    pipeline = v2.Compose(ops)
-    erase = v2.RandomErasing(p=aug.erasing_p, value=0.0) if aug.erasing_p > 0 else None
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        x = pipeline(x).clamp_(0.0, 1.0)
-        return erase(x) if erase is not None else x
-
-    return apply
+    return canvas
 
 
 class ModelTransform:
-    """``f(pixels) -> C×S×S tensor``: a deterministic :meth:`prepare` (resize) then :meth:`finish`
-    (augmentation when training, channels, normalisation).  The split lets a dataset cache
-    the prepared 1×S×S images between epochs while augmentation stays random."""
+    """``f(pixels) -> C×S×S array``: a deterministic :meth:`prepare` (resize) then :meth:`finish`
+    (channels, normalisation).  The split lets a dataset cache the prepared 1×S×S images and
+    lets a training subclass augment in between (:class:`fracdet.data.augment.TrainTransform`)."""
 
-    def __init__(self, spec: PreprocessSpec, train: bool = False, augment: AugmentConfig | None = None) -> None:
+    def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
         self.mean = np.asarray(spec.mean[: spec.channels], dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(spec.std[: spec.channels], dtype=np.float32).reshape(-1, 1, 1)
         # (x - mean) / std as x * scale + shift, one channel at a time, written in place
         self._scale = (1.0 / self.std).reshape(-1)
         self._shift = (-self.mean / self.std).reshape(-1)
-        aug = augment if augment is not None else AugmentConfig()
-        self.augmenter = _augmenter(aug) if train and aug.enabled else None
 
-    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """Resize to the model's input (1×S×S, [0, 1])."""
         return resize_to_input(pixels, self.spec.input_size, self.spec.resize)
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Augment (training only), expand to the model's channels and normalise."""
-        if self.augmenter is not None:
-            x = self.augmenter(x)
+    def finish(self, x: np.ndarray) -> np.ndarray:
+        """Expand a prepared 1×S×S image to the model's channels and normalise."""
         out = np.empty((len(self._scale),) + tuple(x.shape[-2:]), np.float32)
         self._normalise_into(x, out)
-        return torch.from_numpy(out)
+        return out
 
-    def _normalise_into(self, x: torch.Tensor, out: np.ndarray) -> None:
-        """Write the normalised channels of a 1×S×S image into ``out`` (C×S×S).  numpy, not
-        torch: PyTorch's intra-op threads made this tiny step 25× slower beside inference on
-        2 cores (measured)."""
-        gray = x.numpy()[0]
+    def _normalise_into(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Write the normalised channels of a 1×S×S image into ``out`` (C×S×S)."""
+        gray = np.asarray(x)[0]
         for c in range(len(self._scale)):
             np.multiply(gray, self._scale[c], out=out[c])
             out[c] += self._shift[c]
 
-    def finish_batch(self, prepared: list[torch.Tensor], out: np.ndarray | None = None) -> torch.Tensor:
-        """:meth:`finish` (no augmentation) of prepared 1×S×S images straight into one N×C×S×S
-        batch, reusing ``out`` when it is large enough (no per-image copies, no fresh pages)."""
-        if self.augmenter is not None:
-            return torch.stack([self.finish(p) for p in prepared])
+    def finish_batch(self, prepared: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`finish` of prepared 1×S×S images straight into one N×C×S×S batch, reusing
+        ``out`` when it is large enough (no per-image copies, no fresh pages)."""
         n, s = len(prepared), self.spec.input_size
         shape = (n, len(self._scale), s, s)
         buf = out[:n] if out is not None and out.shape[0] >= n and out.shape[1:] == shape[1:] else np.empty(shape, np.float32)
         for i, p in enumerate(prepared):
             self._normalise_into(p, buf[i])
-        return torch.from_numpy(buf)
+        return buf
 
-    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self.finish(self.prepare(pixels))
 
 
-def build_transforms(spec: PreprocessSpec, train: bool = False, augment: AugmentConfig | None = None) -> ModelTransform:
-    """Return the evaluation transform, or the training one with augmentation."""
-    return ModelTransform(spec, train=train, augment=augment)
+def build_transforms(spec: PreprocessSpec) -> ModelTransform:
+    """The evaluation transform of a model (for training with augmentation see
+    :func:`fracdet.data.augment.build_train_transforms`)."""
+    return ModelTransform(spec)
 
 
 def spec_from_model(model_spec: Any, resize: str = "letterbox") -> PreprocessSpec:
@@ -205,4 +169,5 @@ def spec_from_model(model_spec: Any, resize: str = "letterbox") -> PreprocessSpe
     )
 
 
-__all__ = ["AugmentConfig", "ModelTransform", "PreprocessSpec", "Transform", "build_transforms", "resize_to_input", "spec_from_model"]
+__all__ = ["AugmentConfig", "ModelTransform", "PreprocessSpec", "RESIZE_MODES", "Transform", "build_transforms",
+           "letterbox_window", "resize_to_input", "spec_from_model"]

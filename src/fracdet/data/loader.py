@@ -6,6 +6,7 @@ import logging
 import warnings
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,19 +28,19 @@ class ImageDataset(Dataset):
     def __init__(self, samples: Sequence[Any], transform: ModelTransform, cache: bool = False) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
         self.bad: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _prepared(self, i: int) -> torch.Tensor:
+    def _prepared(self, i: int) -> np.ndarray:
         if self.cache is not None and i in self.cache:
-            return self.cache[i].float().div_(255.0)
+            return self.cache[i].astype(np.float32) / 255.0
         xray = read_image(self.samples[i].path, min_size=self.transform.spec.input_size)
         x = self.transform.prepare(xray.pixels)
         if self.cache is not None:
-            self.cache[i] = x.mul(255.0).round_().to(torch.uint8)
+            self.cache[i] = np.round(x * 255.0).astype(np.uint8)
         return x
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
@@ -53,7 +54,7 @@ class ImageDataset(Dataset):
             self.bad[i] = str(exc)
             log.warning("skipping unreadable training image: %s", exc)
             return None
-        return self.transform.finish(x), int(self.samples[i].label), i
+        return torch.from_numpy(self.transform.finish(x)), int(self.samples[i].label), i
 
 
 def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

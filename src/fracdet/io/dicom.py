@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from fracdet.errors import ImageReadError
+from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
     "COLOUR_PHOTOMETRICS",
@@ -496,7 +497,6 @@ def _open(path: str | Path, opts: DicomOptions | None) -> tuple[Path, Any, dict[
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception:
         raise _error(p, "DICOM image without valid Rows/Columns", meta) from None
-    from fracdet.io.images import MIN_SIDE
 
     if min(rows, cols) < MIN_SIDE:
         raise _error(p, f"image too small ({cols}x{rows} px; each side must be at least {MIN_SIDE} px)", meta)
@@ -510,7 +510,6 @@ def _open(path: str | Path, opts: DicomOptions | None) -> tuple[Path, Any, dict[
 
 def _frame_xray(p: Path, ds: Any, stored: np.ndarray, photometric: str, meta: dict[str, Any],
                 frame: int, window: int | None) -> Any:
-    from fracdet.io.images import XRay
 
     m = dict(meta)
     m["frame"] = frame

@@ -27,7 +27,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fracdet.errors import ImageReadError
+from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -56,26 +57,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
 )
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic"})
-MIN_SIDE = 16
-"""Images with either side below this many pixels are rejected."""
 
 _HEAD_BYTES = 132
 _TRUNCATED_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass
-class XRay:
-    """One decoded radiograph.
-
-    ``pixels``: float32 ``(H, W)`` in ``[0, 1]``, bone bright. ``meta`` holds at least
-    ``original_size`` (full-resolution ``(W, H)`` in the returned orientation, even when
-    decoded at reduced scale), ``mode``, ``bit_depth``, ``format`` and ``truncated``.
-    """
-
-    pixels: np.ndarray
-    path: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

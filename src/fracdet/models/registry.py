@@ -1,17 +1,13 @@
-"""Model specs, the registry of supported backbones, and ``create_model``."""
+"""Model specs and the registry of supported backbones (a leaf: no PyTorch; networks are
+built by :func:`fracdet.models.factory.create_model`)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fracdet.errors import FracdetError
 
-if TYPE_CHECKING:
-    from fracdet.models.classifier import FracNet
-
-logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,29 +132,3 @@ def get_spec(name: str) -> ModelSpec:
         raise FracdetError(
             f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}"
         ) from None
-
-
-def create_model(
-    name: str,
-    pretrained: bool = True,
-    head_hidden: int = 256,
-    dropout: float = 0.3,
-    weights_path: str | None = None,
-) -> FracNet:
-    """Build a :class:`FracNet` for ``name``; with ``pretrained`` load weights offline.
-
-    Raises :class:`~fracdet.errors.WeightsNotFoundError` when pretrained weights
-    cannot be found locally. ``weights_path`` implies ``pretrained``.
-    """
-    from fracdet.models.classifier import FracNet, build_backbone
-    from fracdet.models.weights import load_pretrained
-
-    spec = get_spec(name)
-    if head_hidden < 0 or not 0.0 <= dropout < 1.0:
-        raise FracdetError(f"invalid head: head_hidden={head_hidden}, dropout={dropout}")
-    backbone, num_features = build_backbone(spec)
-    model = FracNet(backbone, num_features, spec, head_hidden=head_hidden, dropout=dropout)
-    if pretrained or weights_path is not None:
-        model.weights_source = load_pretrained(model, spec, weights_path)
-    logger.info("created %s (%s)", name, model.weights_source)
-    return model

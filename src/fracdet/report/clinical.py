@@ -82,7 +82,7 @@ def _sample_grid(samples: Sequence[Any], y: np.ndarray, p: np.ndarray, threshold
                 x = read_image(samples[i].path, min_size=160)
             except Exception:  # unreadable now: leave it out of the grid
                 continue
-            pixels = resize_to_input(x.pixels, 160, "letterbox")[0].numpy()
+            pixels = resize_to_input(x.pixels, 160, "letterbox")[0]
             region = getattr(samples[i], "region", None)
             items.append((pixels, float(p[i]), Path(samples[i].path).name + (f"\n{region}" if region else "")))
         shown[name] = items
