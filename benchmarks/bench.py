@@ -50,7 +50,7 @@ def _images(n: int) -> list[str]:
 
 
 def _worker_fracdet(n: int, backend: str) -> dict:
-    from fracdet.predict import load_model
+    from fracdet.inference import load_model
 
     files = _images(n)
     t0 = time.perf_counter()

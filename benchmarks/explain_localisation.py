@@ -39,7 +39,7 @@ def main() -> int:
     from fracdet.data.layouts import load_dataset
     from fracdet.evaluate import select_samples
     from fracdet.localisation import evaluate_localisation, format_localisation, load_coco_boxes
-    from fracdet.predict import Predictor
+    from fracdet.inference import Predictor
 
     predictor = Predictor.from_path(a.model, backend="torch")
     art = predictor.artifact

@@ -32,7 +32,8 @@ def main() -> None:
     from fracdet.data.layouts import load_dataset
     from fracdet.data.loader import make_loader
     from fracdet.evaluate import select_samples
-    from fracdet.export import OnnxRunner, onnx_bytes
+    from fracdet.inference.onnx import OnnxRunner
+    from fracdet.models.export import onnx_bytes
     from fracdet.transforms import build_transforms
 
     art = load_artifact(a.model)

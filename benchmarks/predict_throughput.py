@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fracdet.io.images import iter_image_files, read_image
-from fracdet.predict import load_model
+from fracdet.inference import load_model
 
 
 def _images(data: Path, n: int) -> list[Path]:

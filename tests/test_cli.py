@@ -103,7 +103,7 @@ def test_models_and_help_list(capsys):
 def test_shared_cli_choices_match_the_library():
     from fracdet.cli_options import BACKEND_CHOICES, LAYOUT_CHOICES
     from fracdet.data.layouts import LAYOUTS
-    from fracdet.predict import BACKENDS
+    from fracdet.inference import BACKENDS
 
     assert LAYOUT_CHOICES == ("auto", *LAYOUTS)
     assert BACKEND_CHOICES == BACKENDS

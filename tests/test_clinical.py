@@ -15,9 +15,10 @@ from fracdet.modelcard import render_model_card
 from fracdet.models import create_model
 from fracdet.operating import (ThresholdRule, choose_operating_points, cost_threshold, sensitivity_threshold,
                                specificity_threshold, verdict, youden_threshold)
-from fracdet.predict import Predictor
+from fracdet.inference import Predictor
+from fracdet.operating import Decision
 from fracdet.transforms import PreprocessSpec
-from fracdet.tta import TTAModel
+from fracdet.models.tta import TTAModel
 from synth import make_split_folders, write_image
 
 
@@ -115,23 +116,24 @@ def _artifact(**kw):
 
 def test_format_1_artifact_still_loads(tmp_path):
     art = _artifact(threshold=0.4)
-    payload = {"format": FORMAT, "format_version": 1, "kind": "single", "state_dict": art.state_dict,
+    state = {k: torch.from_numpy(v) for k, v in art.state_dict.items()}
+    payload = {"format": FORMAT, "format_version": 1, "kind": "single", "state_dict": state,
                "architecture": "simple_cnn", "model_config": art.model_config, "preprocess": art.preprocess.to_dict(),
                "threshold": 0.4, "threshold_rule": "Youden", "temperature": 1.5}
     torch.save(payload, tmp_path / "old.fracdet")
     old = load_artifact(tmp_path / "old.fracdet")
     assert old.kind == "single" and old.doubt_threshold == old.fracture_threshold == 0.4
-    assert old.verdict(0.41) == "fracture" and old.verdict(0.39) == "no fracture"
+    assert Decision.of(old).verdict(0.41) == "fracture" and Decision.of(old).verdict(0.39) == "no fracture"
     assert Predictor(old).predict(np.full((40, 40), 0.5, np.float32)).verdict in ("fracture", "no fracture")
 
 
-def test_format_2_round_trip_and_verdicts(tmp_path):
+def test_format_3_round_trip_and_verdicts(tmp_path):
     art = _artifact(threshold=0.5, doubt_threshold=0.3, fracture_threshold=0.7, threshold_note="why")
     loaded = load_artifact(save_artifact(art, tmp_path / "m.fracdet"))
     assert (loaded.doubt_threshold, loaded.fracture_threshold, loaded.threshold_note) == (0.3, 0.7, "why")
-    assert [loaded.verdict(x) for x in (0.2, 0.5, 0.7)] == ["no fracture", "doubt", "fracture"]
+    assert [Decision.of(loaded).verdict(x) for x in (0.2, 0.5, 0.7)] == ["no fracture", "doubt", "fracture"]
     pred = Predictor(loaded).predict(np.full((40, 40), 0.5, np.float32))
-    assert pred.verdict == loaded.verdict(pred.probability)
+    assert pred.verdict == Decision.of(loaded).verdict(pred.probability)
     assert pred.label in ("fractured", "not fractured") and "verdict" in pred.to_row()
 
 

@@ -32,7 +32,8 @@ from fracdet.errors import ImageReadError  # noqa: E402
 from fracdet.io import DicomOptions, dicom_options, iter_image_files, read_frames, read_image  # noqa: E402
 from fracdet.io.dicom import modality_values  # noqa: E402
 from fracdet.models import create_model  # noqa: E402
-from fracdet.predict import Predictor, group_by_study  # noqa: E402
+from fracdet.inference import Predictor, group_by_study  # noqa: E402
+from fracdet.operating import Decision  # noqa: E402
 from fracdet.transforms import PreprocessSpec  # noqa: E402
 
 DATA = Path(data_store.__file__).parent / "data"
@@ -376,11 +377,13 @@ def test_group_by_study(predictor, tmp_path):
         assert [s.study for s in studies] == [study_a, study_b]
         assert [s.n_views for s in studies] == [2, 1]
         assert studies[0].probability == pytest.approx(fn([p.probability for p in preds[:2]]))
-        assert studies[0].label == ("fractured" if studies[0].probability >= 0.5 else "not_fractured")
-        assert studies[0].verdict is None  # no bands given
-    banded = group_by_study(preds, "max", bands=(0.0, 1.01))  # everything is "doubt" in these bands
+        assert studies[0].label == ("fractured" if studies[0].probability >= 0.5 else "not fractured")
+        assert studies[0].verdict is None  # no decision given
+    doubtful = Decision(threshold=0.5, doubt_threshold=0.0, fracture_threshold=1.01)  # everything is "doubt"
+    banded = group_by_study(preds, "max", decision=doubtful)
     assert [s.verdict for s in banded] == ["doubt", "doubt"] and banded[0].to_row()["verdict"] == "doubt"
-    assert group_by_study(preds, "max", bands=(0.0, 0.0))[0].verdict == "fracture"
+    certain = Decision(threshold=0.5, doubt_threshold=0.0, fracture_threshold=0.0)
+    assert group_by_study(preds, "max", decision=certain)[0].verdict == "fracture"
     # non-DICOM: each file is its own study unless a map says otherwise
     from synth import write_image
 

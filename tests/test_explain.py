@@ -16,7 +16,7 @@ from fracdet.explain import (METHODS, cam_at_input, cam_layer_of, heatmaps, lett
                              render_overlay, save_overlay, top_box, unletterbox)
 from fracdet.io.images import XRay
 from fracdet.models import create_model
-from fracdet.predict import Predictor
+from fracdet.inference import Predictor
 from fracdet.transforms import PreprocessSpec, build_transforms, resize_to_input
 from synth import write_image
 

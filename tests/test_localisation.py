@@ -107,7 +107,7 @@ def test_evaluate_localisation_end_to_end(tmp_path):
     from fracdet.artifact import ModelArtifact, save_artifact
     from fracdet.data.layouts import load_dataset
     from fracdet.models import create_model
-    from fracdet.predict import Predictor
+    from fracdet.inference import Predictor
     from fracdet.transforms import PreprocessSpec
 
     data = make_class_folders(tmp_path / "data", n_per_class=3)

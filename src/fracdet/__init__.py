@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "fracdet.predict",
-    "Predictor": "fracdet.predict",
-    "Prediction": "fracdet.predict",
+    "load_model": "fracdet.inference",
+    "Predictor": "fracdet.inference",
+    "Prediction": "fracdet.inference",
     "read_image": "fracdet.io.images",
     "XRay": "fracdet.io.images",
     "create_model": "fracdet.models",

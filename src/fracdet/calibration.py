@@ -1,38 +1,35 @@
-"""Probability calibration: temperature scaling of logits, fitted on validation data."""
+"""Probability calibration: temperature scaling of logits, fitted on validation data (numpy)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray, max_iter: int = 200) -> float:
-    """Fit T > 0 minimising the log-loss of ``sigmoid(logit / T)``; 1.0 when it cannot be fitted."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(y_true, dtype=np.float64))
-    if len(z) < 2 or len(torch.unique(y)) < 2:
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Fit T > 0 minimising the log-loss of ``sigmoid(logit / T)`` (bounded scalar search over
+    log T in [0.01, 100]); 1.0 when it cannot be fitted."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    if len(z) < 2 or len(np.unique(y)) < 2:
         return 1.0
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-    loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = loss_fn(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def loss(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))  # BCE with logits, stable
 
-    opt.step(closure)
-    t = float(log_t.detach().exp())
-    return t if np.isfinite(t) and 0.01 < t < 100 else 1.0
+    res = minimize_scalar(loss, bounds=(np.log(0.01), np.log(100.0)), method="bounded", options={"xatol": 1e-6})
+    t = float(np.exp(res.x))
+    return t if res.success and np.isfinite(t) and 0.01 < t < 100 else 1.0
 
 
-def calibrated_probability(logits: np.ndarray | torch.Tensor, temperature: float) -> np.ndarray:
-    """Probability of *fractured* from logits and the artifact's temperature."""
-    z = torch.as_tensor(logits, dtype=torch.float32)
-    return torch.sigmoid(z / float(temperature)).numpy()
+def calibrated_probability(logits: Any, temperature: float) -> np.ndarray:
+    """Probability of *fractured* from logits and the artifact's temperature (float32)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # the logistic function, overflow-free
 
 
 def expected_calibration_error(prob: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
@@ -70,7 +67,7 @@ def recalibrate(art: Any, samples: Sequence[Any], rule: Any = None, batch_size: 
     Returns the calibration summary stored in ``art.metrics["calibration"]``; the previous
     temperature and thresholds are recorded there too.
     """
-    from fracdet.predict import collect_logits
+    from fracdet.models.collect import collect_logits
     from fracdet.transforms import build_transforms
 
     model = art.build_model()

@@ -115,8 +115,8 @@ def _cmd_explain(a: argparse.Namespace) -> int:
     from fracdet.explain import method_name
     from fracdet.fsutil import write_json
     from fracdet.io.images import iter_image_files
-    from fracdet.predict import load_model
-    from fracdet.report_io import progress_over
+    from fracdet.inference import load_model
+    from fracdet.progress import progress_over
 
     methods = [method_name(m) for m in (a.method or ["gradcam"])]
     if not 0.0 < a.box_threshold <= 1.0:

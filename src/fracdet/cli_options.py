@@ -1,7 +1,7 @@
 """Command-line options shared by several ``fracdet`` commands.
 
 Kept free of heavy imports (no numpy, PIL or torch) so ``fracdet --help`` stays fast; the
-choices mirror :data:`fracdet.data.layouts.LAYOUTS` and :data:`fracdet.predict.BACKENDS`
+choices mirror :data:`fracdet.data.layouts.LAYOUTS` and :data:`fracdet.inference.BACKENDS`
 (a test keeps them equal).
 """
 
@@ -27,5 +27,5 @@ def add_layout_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
 
 
 def add_backend_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str = BACKEND_HELP) -> None:
-    """``--backend``: the inference engine (see :func:`fracdet.predict.choose_backend`)."""
+    """``--backend``: the inference engine (see :func:`fracdet.inference.choose_backend`)."""
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help=help)

@@ -73,8 +73,9 @@ def add_predict(sub: Any) -> None:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from fracdet.io.dicom import DicomOptions
     from fracdet.io.images import iter_image_files
-    from fracdet.predict import group_by_study, load_model, read_study_map
-    from fracdet.report_io import PredictionWriter, progress_over
+    from fracdet.inference import group_by_study, load_model, read_study_map
+    from fracdet.inference.writer import PredictionWriter
+    from fracdet.progress import progress_over
 
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # odd-value chatter; errors are rows
     study_map = read_study_map(a.study_map) if a.study_map else None
@@ -100,8 +101,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             rows.append(pred)
         studies = []
         if a.by_study:
-            studies = group_by_study(rows, a.study_agg, study_map, predictor.threshold, predictor.labels,
-                                     bands=(predictor.doubt_threshold, predictor.fracture_threshold))
+            studies = group_by_study(rows, a.study_agg, study_map, predictor.decision)
             for study in studies:
                 writer.add(study)
     if not a.quiet:

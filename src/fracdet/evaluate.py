@@ -19,6 +19,7 @@ from fracdet.data.splits import split_dataset
 from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
 from fracdet.metrics import binary_metrics, classification_report, format_table
+from fracdet.operating import Decision
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
     ``backend``: the inference engine, chosen as for ``fracdet predict`` so the numbers are
     those of the predictions users get (int8 when the model carries a checked int8 graph).
     """
-    from fracdet.predict import Predictor, collect_logits
+    from fracdet.inference import Predictor
+    from fracdet.models.collect import collect_logits
 
     art = load_artifact(model)
     predictor = Predictor(art, tta=tta, backend=backend)
@@ -152,7 +154,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
         n_resamples=n_resamples, seed=seed, run_dir=run_dir, model_info=info,
         title=f"fracdet evaluation: {Path(str(model)).name if model else 'default model'}"))
     _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold,
-                       art.verdict)
+                       Decision.of(art).verdict)
     return EvaluationResult(m, format_table(m), Path(out_dir), note)
 
 

@@ -212,7 +212,7 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
     batches = [chosen[i:i + batch_size] for i in range(0, len(chosen), batch_size)]
     iterator: Iterable[Any] = batches
     if progress:
-        from fracdet.report_io import progress_over
+        from fracdet.progress import progress_over
 
         iterator = progress_over(batches, "localisation", total=len(batches))
     for batch in iterator:

@@ -228,6 +228,33 @@ def verdict(probability: float | None, doubt_threshold: float, fracture_threshol
     return "no fracture"
 
 
-__all__ = ["OperatingPoints", "RULES", "ThresholdRule", "VERDICTS", "choose_operating_points", "cost_threshold",
+@dataclass(frozen=True)
+class Decision:
+    """How a model turns its calibrated probability into words: the one place where a
+    prediction's label and verdict are made (the predictor, study verdicts and every face use it)."""
+
+    labels: tuple[str, str] = ("not fractured", "fractured")
+    threshold: float = 0.5
+    doubt_threshold: float = 0.5
+    fracture_threshold: float = 0.5
+
+    @classmethod
+    def of(cls, model: Any) -> "Decision":
+        """The decision stored in a model artifact (missing bands fall back to its threshold)."""
+        t = float(model.threshold)
+        doubt, fracture = getattr(model, "doubt_threshold", None), getattr(model, "fracture_threshold", None)
+        return cls(tuple(model.labels), t, t if doubt is None else float(doubt),  # type: ignore[arg-type]
+                   t if fracture is None else float(fracture))
+
+    def label(self, probability: float) -> str:
+        """The binary label at the main threshold."""
+        return self.labels[int(probability >= self.threshold)]
+
+    def verdict(self, probability: float | None) -> str | None:
+        """``fracture`` / ``doubt`` / ``no fracture`` at the two bands (None stays None)."""
+        return verdict(probability, self.doubt_threshold, self.fracture_threshold)
+
+
+__all__ = ["Decision", "OperatingPoints", "RULES", "ThresholdRule", "VERDICTS", "choose_operating_points", "cost_threshold",
            "main_threshold", "sensitivity_threshold", "specificity_threshold", "threshold_note", "verdict",
            "youden_threshold"]

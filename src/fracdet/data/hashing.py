@@ -215,7 +215,7 @@ class HashCache:
 def fingerprint_files(paths: list[Path], cache: HashCache | None = None, progress: bool = False,
                       workers: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """Fingerprints of ``paths`` (same order) and how many came from the cache."""
-    from fracdet.report_io import progress_over
+    from fracdet.progress import progress_over
 
     results: list[dict[str, Any] | None] = [None] * len(paths)
     stats: dict[int, tuple[int, int]] = {}

@@ -1,9 +1,10 @@
-"""ONNX export of an artifact's network and an onnxruntime runner for fast CPU inference.
+"""The PyTorch side of a model artifact: rebuild its network, export its ONNX graph, read
+format 2 files.  :mod:`fracdet.artifact` reaches this module by name, so that reading a model
+and predicting with its stored graphs never imports PyTorch.
 
-Measured on a 2-core CPU: onnxruntime ran EfficientNet-Lite0 ~3× faster than PyTorch eager
-with channels-last, so it is the default inference backend when ``onnxruntime`` is installed.
-The exported graph is cached per artifact content (``$FRACDET_CACHE/onnx`` or
-``~/.cache/fracdet/onnx``); a parity check against PyTorch runs on every export.
+A graph exported for an artifact that carries none (an in-memory or format 2 model) is cached
+by content digest alone (``$FRACDET_CACHE/onnx`` or ``~/.cache/fracdet/onnx``); a parity check
+against PyTorch runs on every export.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from fracdet.errors import FracdetError
+from fracdet.errors import ArtifactError, FracdetError
 from fracdet.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -28,23 +29,13 @@ PARITY_ATOL = 1e-3
 EXPORT_VERSION = 2  # 2: "same" padding frozen to constants (see freeze_same_padding)
 
 
-def onnx_available() -> bool:
-    """True when onnxruntime can be imported."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def artifact_digest(artifact: Any) -> str:
     """A content hash of the weights and preprocessing (the ONNX cache key)."""
-    h = hashlib.sha1(f"v{EXPORT_VERSION}|{artifact.architecture}|{artifact.model_config}|{artifact.preprocess.to_dict()}".encode())
+    h = hashlib.sha256(f"v{EXPORT_VERSION}|{artifact.architecture}|{artifact.model_config}|{artifact.preprocess.to_dict()}".encode())
     for name in sorted(artifact.state_dict):
-        t = artifact.state_dict[name]
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
+        h.update(np.ascontiguousarray(artifact.state_dict[name]).tobytes())
+    return h.hexdigest()[:32]
 
 
 def _cache_dir() -> Path:
@@ -112,8 +103,11 @@ def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> b
     data = buf.getvalue()
     if check:
         with torch.inference_mode():
-            ref = model(x).float().numpy()
-        got = OnnxRunner(data)(x.numpy())
+            ref = model(x).float().numpy().reshape(-1)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": x.numpy()})[0].reshape(-1)
         diff = float(np.abs(ref - got).max())
         if diff > PARITY_ATOL:
             raise FracdetError(f"ONNX export does not match PyTorch (max logit difference {diff:.2e})")
@@ -129,32 +123,56 @@ def export_onnx(model: torch.nn.Module, input_size: int, path: str | Path, check
     return Path(path)
 
 
-def cached_onnx(artifact: Any, model: torch.nn.Module | Callable[[], torch.nn.Module]) -> Path:
-    """The ONNX file for ``artifact``, exported on first use and cached by content.
+def cached_onnx_bytes(artifact: Any) -> bytes:
+    """The float32 graph of ``artifact`` for one that carries none, exported once and cached
+    under a name made of its content digest alone (never of a field read from a model file)."""
+    path = _cache_dir() / f"{artifact_digest(artifact)}.onnx"
+    if path.is_file():
+        return path.read_bytes()
+    log.info("exporting %s to ONNX (once per model): %s", artifact.architecture, path)
+    with torch.inference_mode(False):
+        data = onnx_bytes(build_model(artifact), artifact.preprocess.input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return data
 
-    ``model`` may be a callable returning the network, so a cached export needs no network
-    built at all (faster start)."""
-    path = _cache_dir() / f"{artifact.architecture}-{artifact_digest(artifact)}.onnx"
-    if not path.is_file():
-        log.info("exporting %s to ONNX (once per model): %s", artifact.architecture, path)
-        net = model if isinstance(model, torch.nn.Module) else model()
-        export_onnx(net, artifact.preprocess.input_size, path)
-    return path
+
+def build_model(artifact: Any) -> torch.nn.Module:
+    """Re-create the network of ``artifact`` (no pretrained download) with its stored weights.
+    An ensemble gives one module computing the fused logit (see :mod:`fracdet.models.ensemble`)."""
+    from fracdet.models.factory import create_model
+
+    if artifact.kind == "ensemble":
+        from fracdet.models.ensemble import EnsembleNet
+
+        model = EnsembleNet.from_config(artifact.model_config)
+    else:
+        model = create_model(artifact.architecture, pretrained=False, **artifact.model_config)
+    state = {k: torch.from_numpy(np.array(v, dtype=np.float32) if np.issubdtype(v.dtype, np.floating) else np.array(v))
+             for k, v in artifact.state_dict.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"weights do not fit architecture {artifact.architecture!r}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected tensors"
+        )
+    return model.eval()
 
 
-class OnnxRunner:
-    """Runs an exported network with onnxruntime on the CPU: ``runner(batch) -> logits``."""
-
-    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+def read_format2(path: Path) -> dict[str, Any]:
+    """The payload of a format 2 model file (``torch.save`` of plain tensors), read with
+    ``weights_only=True`` (no pickled code runs), tensors as numpy arrays and bytes."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise ArtifactError(f"{path}: not a readable fracdet model ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{path}: not a fracdet model file")
+    state = payload.get("state_dict")
+    if isinstance(state, dict):
+        payload["state_dict"] = {str(k): v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+                                 for k, v in state.items() if torch.is_tensor(v)}
+    if torch.is_tensor(payload.get("int8_onnx")):
+        payload["int8_onnx"] = payload["int8_onnx"].numpy().tobytes()
+    return payload

@@ -1,23 +1,15 @@
-"""Writing prediction rows (CSV/JSON, atomically) and progress bars for long batches."""
+"""The one writer of prediction rows: CSV or JSON (by extension), written atomically."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any
 
 from fracdet.fsutil import write_text
-
-T = TypeVar("T")
-COLUMNS = ["path", "probability", "label", "verdict", "threshold", "logit", "error"]
-STUDY_COLUMNS = ["level", "study"]
-"""Leading columns of ``--by-study`` CSVs (a study row, then its ``view`` rows)."""
-EXTRA_COLUMNS = ["n_views", "aggregation", "frame", "modality", "body_part", "view",
-                 "study_uid", "series_uid", "sop_uid"]
-"""Written after :data:`COLUMNS` when any row has them (DICOM inputs, study rows)."""
+from fracdet.inference.prediction import COLUMNS, EXTRA_COLUMNS, STUDY_COLUMNS
 
 
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -65,18 +57,3 @@ class PredictionWriter:
         w.writeheader()
         w.writerows(self.rows)
         write_text(self.path, buf.getvalue())
-
-
-def progress_over(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Yield items while showing a rich progress bar on a terminal (nothing otherwise)."""
-    if not sys.stderr.isatty():
-        yield from items
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn(description), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)

@@ -1,0 +1,102 @@
+"""What a prediction is: one image's :class:`Prediction` and one study's :class:`StudyPrediction`,
+and their flat output rows (the columns every writer uses, :data:`COLUMNS`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ["path", "probability", "label", "verdict", "threshold", "logit", "error"]
+"""The columns of one image's row, in order."""
+STUDY_COLUMNS = ["level", "study"]
+"""Leading columns of ``--by-study`` CSVs (a study row, then its ``view`` rows)."""
+EXTRA_COLUMNS = ["n_views", "aggregation", "frame", "modality", "body_part", "view",
+                 "study_uid", "series_uid", "sop_uid"]
+"""Written after :data:`COLUMNS` when any row has them (DICOM inputs, study rows)."""
+ROW_META_KEYS = ("frame", "modality", "body_part", "view", "study_uid", "series_uid", "sop_uid")
+"""``meta`` keys copied into output rows when present (DICOM inputs)."""
+
+
+@dataclass
+class Prediction:
+    """One image's result; ``error`` is set (and the numbers are None) when it could not be read."""
+
+    path: str | None
+    probability: float | None
+    label: str | None
+    threshold: float
+    logit: float | None = None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    """H×W float32 in [0, 1] at the original size, when asked for (see fracdet.explain)."""
+    verdict: str | None = None
+    """``fracture`` / ``doubt`` / ``no fracture`` at the model's two operating points (see fracdet.operating)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat row for CSV/JSON output (plus the DICOM keys of ``meta`` when present)."""
+        heatmap, self.heatmap = self.heatmap, None  # rows never carry the map
+        try:
+            d = asdict(self)
+        finally:
+            self.heatmap = heatmap
+        d.pop("heatmap")
+        meta = d.pop("meta")
+        for key in ROW_META_KEYS:
+            if meta.get(key) not in (None, ""):
+                d[key] = meta[key]
+        return d
+
+
+@dataclass
+class StudyPrediction:
+    """One study's verdict from its views: the ``aggregation`` (max or mean) of the views'
+    calibrated probabilities, labelled with the same threshold. Views that could not be
+    read are listed but left out of the verdict; ``error`` is set when none could be."""
+
+    study: str
+    probability: float | None
+    label: str | None
+    threshold: float
+    aggregation: str
+    views: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+    verdict: str | None = None  # fracture / doubt / no fracture at the model's bands (see group_by_study)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def n_views(self) -> int:
+        return sum(v.ok for v in self.views)
+
+    def to_row(self) -> dict[str, Any]:
+        """The study's own row (CSV: ``level=study``)."""
+        return {
+            "level": "study", "study": self.study, "path": None,
+            "probability": self.probability, "label": self.label, "verdict": self.verdict,
+            "threshold": self.threshold, "logit": None, "error": self.error, "n_views": self.n_views,
+            "aggregation": self.aggregation,
+        }
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """Flat rows for CSV: the study row, then one ``level=view`` row per view."""
+        return [self.to_row()] + [
+            {"level": "view", "study": self.study, **v.to_row()} for v in self.views
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """Nested form for JSON: the study with its views under ``views``."""
+        d = self.to_row()
+        d.pop("level")
+        d.pop("path")
+        d.pop("logit")
+        d["views"] = [v.to_row() for v in self.views]
+        return d

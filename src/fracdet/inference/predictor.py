@@ -1,0 +1,207 @@
+"""The one prediction path: image → transform from the artifact → graph → calibrated
+probability → the model's :class:`~fracdet.operating.Decision` → :class:`Prediction`.
+The CLI, the Python API and every later face build one :class:`Predictor` and call it.
+
+Imports no PyTorch: the stored onnxruntime graphs run the network.  PyTorch is reached by
+module name — only for the ``torch`` backend, test-time augmentation and heatmaps
+(:mod:`fracdet.models.torch_backend`, :mod:`fracdet.explain`) — so that a plain prediction
+works where PyTorch is not installed.
+
+DICOM files give one :class:`Prediction` per frame (``meta["frame"]``), carrying the DICOM
+identifiers in ``meta`` and in their output rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from fracdet.artifact import ModelArtifact, load_artifact
+from fracdet.calibration import calibrated_probability
+from fracdet.errors import FracdetError, ImageReadError
+from fracdet.inference.backends import choose_backend
+from fracdet.inference.onnx import OnnxRunner
+from fracdet.inference.prediction import Prediction
+from fracdet.io.dicom import DicomOptions, dicom_options, read_frames
+from fracdet.io.images import is_dicom_file, iter_image_files, read_image
+from fracdet.io.xray import XRay
+from fracdet.operating import Decision
+from fracdet.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+TORCH_BACKEND = "fracdet.models.torch_backend"  # imported by name: see the module docstring
+EXPLAIN = "fracdet.explain"
+
+
+class Predictor:
+    """A loaded model ready to predict; built from an artifact and nothing else."""
+
+    def __init__(self, artifact: ModelArtifact, threads: int | None = None, backend: str = "auto",
+                 tta: bool = False) -> None:
+        self.artifact = artifact
+        self.threads = threads
+        self.backend = choose_backend("torch" if tta else backend, artifact)
+        self.tta = tta
+        self._torch: Any = None  # the PyTorch side (network, TTA), built on first use
+        self._onnx: Callable[[np.ndarray], np.ndarray] | None = None
+        if self.backend == "onnx":
+            self._onnx = OnnxRunner(artifact.float32_graph(), threads=threads)
+        elif self.backend == "int8":
+            self._onnx = OnnxRunner(artifact.int8_onnx or b"", threads=threads)
+        self.transform = build_transforms(artifact.preprocess)
+        self.decision = Decision.of(artifact)
+        self.temperature = artifact.temperature
+
+    # the decision's numbers, as attributes (the Python API has always had them)
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.decision.labels)
+
+    @property
+    def doubt_threshold(self) -> float:
+        return self.decision.doubt_threshold
+
+    @property
+    def fracture_threshold(self) -> float:
+        return self.decision.fracture_threshold
+
+    @property
+    def torch_side(self) -> Any:
+        """The PyTorch network and its runner (needs PyTorch; see :mod:`fracdet.models.torch_backend`)."""
+        if self._torch is None:
+            self._torch = importlib.import_module(TORCH_BACKEND).TorchRunner(self.artifact, self.threads, self.tta)
+        return self._torch
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch network (for the torch backend, TTA, heatmaps)."""
+        return self.torch_side.model
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None, backend: str = "auto") -> "Predictor":
+        return cls(load_artifact(path), backend=backend)
+
+    def logits(self, batch: Any) -> np.ndarray:
+        """Raw logits for a batch of prepared inputs N×C×S×S (onnxruntime, or PyTorch)."""
+        if self._onnx is not None:
+            return self._onnx(np.asarray(batch, dtype=np.float32))
+        return self.torch_side(batch)
+
+    def _results(self, logits: np.ndarray, items: Sequence[XRay]) -> list[Prediction]:
+        probs = calibrated_probability(logits, self.temperature)
+        rule = self.decision
+        return [
+            Prediction(path=x.path, probability=float(p), label=rule.label(float(p)), threshold=rule.threshold,
+                       logit=float(z), meta=dict(x.meta), verdict=rule.verdict(float(p)))
+            for x, p, z in zip(items, probs, logits)
+        ]
+
+    def _heatmaps(self, batch: np.ndarray, images: Sequence[XRay], method: str) -> list[np.ndarray]:
+        explain = importlib.import_module(EXPLAIN)
+        return explain.heatmaps(self.model, batch, images, method, self.artifact.preprocess.resize)
+
+    def predict(self, image: str | Path | np.ndarray | XRay,
+                dicom: DicomOptions | None = None, heatmap: bool = False,
+                cam_method: str = "gradcam") -> Prediction:
+        """Predict one image given as a path, an H×W [0, 1] array (bone bright) or an XRay
+        (a multi-frame DICOM path: frame 0; :meth:`predict_paths` gives every frame);
+        ``heatmap=True``: the CAM (``cam_method``) at the original size (needs PyTorch)."""
+        if isinstance(image, np.ndarray):
+            image = XRay(pixels=np.asarray(image, dtype=np.float32), path=None, meta={})
+        elif not isinstance(image, XRay):
+            with dicom_options(dicom or DicomOptions()):
+                image = read_image(image, min_size=self.artifact.preprocess.input_size)
+        batch = self.transform(image.pixels)[None]
+        pred = self._results(self.logits(batch), [image])[0]
+        if heatmap:
+            pred.heatmap = self._heatmaps(batch, [image], cam_method)[0]
+        return pred
+
+    def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
+        return Prediction(path=str(path), probability=None, label=None, threshold=self.threshold,
+                          error=reason, meta=dict(getattr(exc, "meta", None) or {}))
+
+    def _read(self, path: Path, size: int, dicom: DicomOptions) -> list[XRay]:
+        if is_dicom_file(path):
+            return read_frames(path, dicom)
+        with dicom_options(dicom):
+            return [read_image(path, min_size=size)]
+
+    def predict_paths(
+        self, paths: Iterable[str | Path], batch_size: int = 8,
+        on_result: Callable[[Prediction], None] | None = None,
+        dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "gradcam",
+    ) -> Iterator[Prediction]:
+        """Stream predictions for files and folders (recursively), in batches, in input
+        order; a bad file yields one error row and the batch goes on. A DICOM file gives
+        one prediction per frame; ``dicom`` sets how DICOM is read (``force``, ``window``).
+
+        Decoding runs in line: on 2 cores, a decode thread (7%) or a decode worker process
+        (20–30%) beside the network measured slower than decoding between network calls."""
+        queue: list[tuple[XRay, np.ndarray] | Prediction] = []  # error rows keep their place
+        size = self.artifact.preprocess.input_size
+        dicom = dicom or DicomOptions()
+        buffer = np.empty((batch_size, self.artifact.preprocess.channels, size, size), np.float32)  # reused
+        n_ready = 0
+
+        def flush() -> list[Prediction]:
+            ready = [q for q in queue if not isinstance(q, Prediction)]
+            batch = self.transform.finish_batch([t for _, t in ready], out=buffer) if ready else None
+            done = iter(self._results(self.logits(batch), [x for x, _ in ready]) if ready else [])
+            out = [q if isinstance(q, Prediction) else next(done) for q in queue]
+            if heatmaps and ready:  # each prediction carries its CAM
+                maps = iter(self._heatmaps(batch.copy(), [x for x, _ in ready], cam_method))  # type: ignore[union-attr]
+                for q, o in zip(queue, out):
+                    if not isinstance(q, Prediction):
+                        o.heatmap = next(maps)
+            queue.clear()
+            return out
+
+        def load(path: Path) -> list[tuple[XRay, np.ndarray]] | Prediction:
+            """The file's resized 1×S×S images (normalised per batch by ``flush``) or its error row."""
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    xrays = self._read(path, size, dicom)
+                for w in caught:
+                    log.warning("%s", w.message)
+                return [(x, self.transform.prepare(x.pixels)) for x in xrays]
+            except ImageReadError as exc:
+                return self._error_row(path, exc.reason, exc)
+            except FracdetError as exc:
+                return self._error_row(path, str(exc), exc)
+
+        for loaded in map(load, iter_image_files(paths)):
+            if isinstance(loaded, Prediction):
+                queue.append(loaded)
+                prepared = []
+            else:
+                prepared = loaded
+            if not prepared and n_ready == 0:
+                yield from flush()  # nothing waiting: report the error now
+                continue
+            for item in prepared:
+                queue.append(item)
+                n_ready += 1
+                if n_ready >= batch_size:
+                    yield from flush()
+                    n_ready = 0
+        yield from flush()
+
+
+def load_model(path: str | Path | None = None, backend: str = "auto", tta: bool = False,
+               threads: int | None = None) -> Predictor:
+    """Load an artifact (the shipped default when ``path`` is None) as a :class:`Predictor`;
+    ``backend`` is 'auto' (see :func:`~fracdet.inference.backends.choose_backend`), 'int8',
+    'onnx' (float32) or 'torch'; ``tta``: test-time augmentation (PyTorch);
+    ``threads``: onnxruntime's intra-op threads (default: this process's CPUs)."""
+    return Predictor(load_artifact(path), backend=backend, tta=tta, threads=threads)
