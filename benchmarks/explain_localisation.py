@@ -37,7 +37,7 @@ def main() -> int:
         torch.set_num_threads(a.threads)
 
     from fracdet.data.layouts import load_dataset
-    from fracdet.evaluate import select_samples
+    from fracdet.data.selection import select_samples
     from fracdet.localisation import evaluate_localisation, format_localisation, load_coco_boxes
     from fracdet.inference import Predictor
 

@@ -31,7 +31,7 @@ def main() -> None:
     from fracdet.calibration import calibrated_probability
     from fracdet.data.layouts import load_dataset
     from fracdet.data.loader import make_loader
-    from fracdet.evaluate import select_samples
+    from fracdet.data.selection import select_samples
     from fracdet.inference.onnx import OnnxRunner
     from fracdet.models.export import onnx_bytes
     from fracdet.transforms import build_transforms

@@ -11,7 +11,8 @@ from fracdet.cli import main
 from fracdet.errors import FracdetError
 from fracdet.evaluate import evaluate
 from fracdet.models import create_model
-from fracdet.models.ensemble import EnsembleNet, build_ensemble, fit_ensemble, fit_weights, parse_weights
+from fracdet.ensembling import fit_ensemble
+from fracdet.models.ensemble import EnsembleNet, build_ensemble, fit_weights, parse_weights
 from fracdet.inference import Predictor
 from fracdet.transforms import PreprocessSpec
 from synth import make_split_folders, write_image

@@ -239,7 +239,7 @@ def test_explain_and_predict_heatmaps_cli(tmp_path, capsys):
 
 
 def test_fracdet_ensemble_net_explains_with_its_members_layers():
-    ensemble = pytest.importorskip("fracdet.models.ensemble")
+    from fracdet.models import ensemble
     torch.manual_seed(0)
     nets = [create_model("simple_cnn", pretrained=False, head_hidden=8).eval() for _ in range(2)]
     members = [ensemble.Member(nets[0], 48, (0.5,) * 3, (0.5,) * 3, 1.0),

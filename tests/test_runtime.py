@@ -4,7 +4,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from fracdet.runtime import LIB_NAMES, active_allocator, find_tcmalloc, reexec_with_tcmalloc
 from optional import missing_optional

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fracdet.artifact import load_artifact
 from fracdet.config import TrainConfig

@@ -84,7 +84,7 @@ def add_calibrate(sub: Any) -> None:
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
     from fracdet.artifact import load_artifact, save_artifact
-    from fracdet.calibration import recalibrate, validation_samples
+    from fracdet.recalibrate import recalibrate, validation_samples
     from fracdet.modelcard import write_model_card_beside
 
     rule = rule_from_args(a)
@@ -132,7 +132,8 @@ def _cmd_ensemble(a: argparse.Namespace) -> int:
     from fracdet.artifact import load_artifact, save_artifact
     from fracdet.errors import FracdetError
     from fracdet.modelcard import write_model_card_beside
-    from fracdet.models.ensemble import fit_ensemble, parse_weights
+    from fracdet.ensembling import fit_ensemble
+    from fracdet.models.ensemble import parse_weights
 
     if len(a.models) < 2:
         raise FracdetError("an ensemble needs at least two models")
