@@ -21,18 +21,11 @@ from fracdet.cli_predict import add_predict
 
 log = logging.getLogger("fracdet")
 def _setup_logging(verbose: int) -> None:
-    from rich.logging import RichHandler
+    """One line per event: fracdet's INFO, third-party warnings once, no Lightning chatter
+    (``-v`` shows third-party INFO, ``-vv`` debug and dependencies' deprecations); see logsetup."""
+    from fracdet.logsetup import configure
 
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("fracdet").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.captureWarnings(True)
-    import warnings
-
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}"  # type: ignore[assignment]
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    configure(verbose)
 
 
 # ---------------------------------------------------------------- train

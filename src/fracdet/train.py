@@ -29,19 +29,25 @@ from fracdet.calibration import calibrated_probability, expected_calibration_err
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset, load_dataset
 from fracdet.data.loader import make_loader
-from fracdet.data.splits import assert_no_group_leakage, split_dataset
+from fracdet.data.splits import assert_no_group_leakage
 from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
+from fracdet.logsetup import quiet_lightning
 from fracdet.metrics import binary_metrics, with_bootstrap_ci
 from fracdet.models import FracNet, create_model
 from fracdet.data.augment import build_train_transforms
 from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 
+quiet_lightning()  # Lightning's import gave its logger a console handler of its own: each line came twice
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "FRACDET_RUN_DIR"  # shared with DDP worker processes so all ranks use one folder
 # Phase 1 keeps the frozen backbone's BatchNorm in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# Phase 2 writes its best checkpoint beside phase 1's (another file name) on purpose.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# Lightning's own use of a torch API torch has deprecated: nothing a fracdet user can change.
+warnings.filterwarnings("ignore", category=FutureWarning, message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class FractureModule(L.LightningModule):
@@ -172,6 +178,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir / "logs", name=f"tb-{phase}", version=""))
     except ModuleNotFoundError:
         pass
+    quiet_lightning()  # in case logging was set up after this module was imported
     return L.Trainer(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -183,8 +190,9 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
         logger=loggers,
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
-        limit_train_batches=cfg.limit_train_batches,
-        limit_val_batches=cfg.limit_val_batches,
+        # passed only when set: an explicit 1.0 makes Lightning announce "100% of the batches will be used"
+        limit_train_batches=_limit(cfg.limit_train_batches),
+        limit_val_batches=_limit(cfg.limit_val_batches),
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         deterministic=False,
@@ -192,12 +200,31 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
     )
 
 
-def _load_best(module: FractureModule, trainer: L.Trainer) -> None:
+def _limit(value: float | int | None) -> float | int | None:
+    return None if value is None or value == 1.0 else value
+
+
+def _load_best(module: FractureModule, trainer: L.Trainer) -> str:
+    """Load the phase's best checkpoint into ``module``; returns its path ('' when none)."""
     path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if path and Path(path).is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-        log.info("restored best checkpoint %s", path)
+        return path
+    return ""
+
+
+def _phase_done(label: str, cfg: TrainConfig, trainer: L.Trainer, best_path: str) -> None:
+    """One line per phase end: epochs run, why it stopped, the best score and the checkpoint kept."""
+    ran = int(trainer.current_epoch)
+    early = trainer.early_stopping_callback
+    why = (f"stopped early, no {cfg.monitor} improvement for {cfg.patience} epoch(s)"
+           if early is not None and early.stopped_epoch > 0 else "all epochs run")
+    ckpt = trainer.checkpoint_callback
+    score = getattr(ckpt, "best_model_score", None)
+    best = f"best {cfg.monitor} {float(score):.4f}" if score is not None else f"no {cfg.monitor} recorded"
+    kept = f"restored {best_path}" if best_path else "no checkpoint to restore"
+    log.info("%s done after %d epoch(s) (%s); %s; %s", label, ran, why, best, kept)
 
 
 def prepare_data(cfg: TrainConfig) -> Dataset:
@@ -285,17 +312,24 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
                              cache=cfg.cache_images)
     rows: list[dict[str, Any]] = []
     module = FractureModule(model, cfg, pos_weight=pos_weight, phase="head")
-    for phase, epochs in (("head", cfg.phase1_epochs), ("finetune", cfg.phase2_epochs)):
+    for number, (phase, epochs) in enumerate((("head", cfg.phase1_epochs), ("finetune", cfg.phase2_epochs)), 1):
         if epochs <= 0:
             continue
+        label = f"phase {number}/2 {phase}"
         if phase == "head":
             model.freeze_backbone()
+            what = "the head, backbone frozen"
         else:
             model.unfreeze_backbone(cfg.unfreeze_from)
+            what = f"the head and the backbone ({f'from {cfg.unfreeze_from} on' if cfg.unfreeze_from else 'all of it'})"
         module.phase = phase
         trainer = _trainer(cfg, run_dir, phase, epochs, rows)
+        if is_zero:
+            log.info("%s: training %s, up to %d epoch(s)", label, what, epochs)
         trainer.fit(module, train_loader, val_loader)
-        _load_best(module, trainer)
+        best_path = _load_best(module, trainer)
+        if is_zero:
+            _phase_done(label, cfg, trainer, best_path)
     if not is_zero:
         return TrainResult(run_dir, None, {})
     return _finish_run(cfg, ds, model, spec, run_dir, rows)
@@ -307,7 +341,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     from fracdet.evaluate import write_evaluation
     from fracdet.modelcard import render_model_card
     from fracdet.plots import plot_training_curves
-    from fracdet.predict import collect_logits
+    from fracdet.models.collect import collect_logits
 
     model.eval()
     transform = build_transforms(spec)
@@ -369,7 +403,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
 def _add_int8(artifact_path: Path, ds: Dataset) -> ModelArtifact:
     """Quantize the saved artifact (its float16-stored weights, as users get them) on training
     images, check it on validation, report on test, and save it again with the outcome."""
-    from fracdet.export import onnx_available
+    from fracdet.inference.onnx import onnx_available
     from fracdet.quantize import quantize_artifact
 
     art = load_artifact(artifact_path)
