@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fracdet.cli_options import add_backend_option, add_layout_option, add_model_option
@@ -18,6 +17,7 @@ from fracdet.cli_clinical import add_calibrate, add_ensemble
 from fracdet.cli_explain import add_explain
 from fracdet.cli_quantize import add_quantize
 from fracdet.cli_predict import add_predict
+from fracdet.cli_upgrade import add_upgrade
 
 log = logging.getLogger("fracdet")
 def _setup_logging(verbose: int) -> None:
@@ -229,7 +229,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print(json.dumps({"model": str(a.model or default_model_path()), **d}, indent=2, default=str))
     from fracdet.runtime import active_allocator
 
-    from fracdet.predict import choose_backend
+    from fracdet.inference import choose_backend
 
     print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"allocator {active_allocator()}, inference backend (auto) {choose_backend('auto', art)}")
@@ -237,7 +237,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, add_predict, add_explain, add_audit, add_split,
-                                         add_calibrate, add_ensemble, add_quantize, _add_models, _add_info]
+                                         add_calibrate, add_ensemble, add_quantize, add_upgrade, _add_models, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:
