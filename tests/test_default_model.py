@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fracdet.artifact import default_model_path, load_artifact
-from fracdet.predict import load_model
+from fracdet.inference import load_model
 from synth import fracatlas_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,7 +15,7 @@ SAMPLES = REPO / "samples"
 def test_default_model_ships_and_describes_itself():
     path = default_model_path()
     assert path.is_file(), "the package must ship src/fracdet/weights/default.fracdet"
-    assert path.stat().st_size < 15_000_000
+    assert path.stat().st_size < 30_000_000  # float16 weights, float32 and int8 graphs
     art = load_artifact()
     assert art.architecture == "efficientnet_lite0"
     assert art.labels == ["not fractured", "fractured"]
@@ -50,22 +50,32 @@ def test_default_model_test_split_auroc_matches_its_card(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(fracatlas_root() is None, reason="FracAtlas data not present")
-def test_default_model_int8_drift_matches_its_card():
-    """The int8 numbers in the card are re-measured here, and decide the auto backend."""
+def test_default_model_int8_drift_is_judged_on_this_cpu():
+    """int8 kernels differ by CPU: the drift is re-measured here. Where the artifact holds a check
+    measured on this CPU's kernel class, the two agree and decide the auto backend; elsewhere the
+    auto backend never picks int8."""
+    from fracdet.cpu import int8_kernel_class
     from fracdet.data.layouts import load_dataset
-    from fracdet.evaluate import select_samples
-    from fracdet.export import onnx_bytes
-    from fracdet.predict import choose_backend
-    from fracdet.quantize import compare_int8, within_tolerance
+    from fracdet.data.selection import select_samples
+    from fracdet.inference import choose_backend
+    from fracdet.inference.backends import int8_decision
+    from fracdet.quantize import compare_int8
     from fracdet.transforms import build_transforms
 
     art = load_artifact()
     assert art.int8_onnx is not None
     val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data)
-    got = compare_int8(onnx_bytes(art.build_model(), art.preprocess.input_size), art.int8_onnx, val,
-                       build_transforms(art.preprocess), art.temperature, art.threshold)
-    stored = art.int8["check"]
-    assert got["n"] == stored["n"]
-    assert got["mean_abs_diff"] == pytest.approx(stored["mean_abs_diff"], abs=0.01)
-    assert within_tolerance(got)[0] == art.int8["accepted"]
-    assert choose_backend("auto", art) == ("int8" if art.int8["accepted"] else "onnx")
+    got = compare_int8(art.float32_graph(), art.int8_onnx, val, build_transforms(art.preprocess),
+                       art.temperature, art.threshold)
+    assert got["n"] == art.int8["check"]["n"] and 0.0 <= got["mean_abs_diff"] <= got["max_abs_diff"] <= 1.0
+    here = int8_kernel_class()
+    checks = dict(art.int8.get("checks") or {})
+    if (art.int8.get("measured_on") or {}).get("kernel_class") == here:
+        checks.setdefault(here, {**art.int8["check"], "accepted": art.int8["accepted"]})
+    accepted, _ = int8_decision(art.int8)
+    if here in checks:
+        assert got["mean_abs_diff"] == pytest.approx(checks[here]["mean_abs_diff"], abs=0.01)
+        assert accepted == bool(checks[here]["accepted"])
+    else:
+        assert not accepted
+    assert choose_backend("auto", art) == ("int8" if accepted else "onnx")

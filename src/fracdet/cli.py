@@ -233,6 +233,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
     print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"allocator {active_allocator()}, inference backend (auto) {choose_backend('auto', art)}")
+    if art.int8_onnx:
+        from fracdet.inference.backends import int8_decision
+
+        print(f"int8 graph: {int8_decision(art.int8)[1]}")
     return 0
 
 
