@@ -203,7 +203,7 @@ def test_int8_measured_on_another_kernel_class_is_opt_in_until_rechecked(samples
     # the same report, as if measured on a CPU of another int8 kernel class
     entry = {**art.int8["checks"][here], "measured_on": {"cpu": "elsewhere", "kernel_class": other, "flags": []}}
     art.int8 = {**art.int8, "measured_on": entry["measured_on"], "checks": {other: entry}}
-    with caplog.at_level(logging.INFO, logger="fracdet"):
+    with caplog.at_level(logging.DEBUG, logger="fracdet"):
         assert choose_backend("auto", art) == "onnx"
     assert f"int8 measured on {other}, this CPU is {here}" in caplog.text and "--recheck" in caplog.text
     caplog.clear()
