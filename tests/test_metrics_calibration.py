@@ -123,3 +123,22 @@ def test_reliability_curve_and_ece_agree():
     assert sum(c["count"]) == 1000
     ece = sum(n / 1000 * abs(a - b) for n, a, b in zip(c["count"], c["predicted"], c["observed"]))
     assert np.isclose(ece, expected_calibration_error(p, y))
+
+
+def test_one_rates_helper_agrees_with_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    from fracdet.metrics import binary_metrics
+    from fracdet.operating import confusion_at, rates_at
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.25), 0, 1)
+    for t in (0.0, 0.25, 0.5, 0.9, 1.01):
+        tn, fp, fn, tp = confusion_matrix(y, (p >= t).astype(int), labels=[0, 1]).ravel()
+        assert confusion_at(y, p, t) == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+        r, m = rates_at(y, p, t), binary_metrics(y, p, t)
+        assert r["sensitivity"] == m["sensitivity"] == tp / (tp + fn)
+        assert r["specificity"] == m["specificity"] == tn / (tn + fp)
+        assert r["flagged_fraction"] == (tp + fp) / len(y)
+    assert np.isnan(rates_at(np.zeros(5, int), np.ones(5), 0.5)["sensitivity"])

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from fracdet.operating import confusion_at
+
 
 def _safe_div(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
@@ -20,8 +22,8 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> di
     """
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
-    pred = (p >= threshold).astype(int)
-    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    c = confusion_at(y, p, threshold)
+    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
     both = len(np.unique(y)) == 2
     sens = _safe_div(tp, tp + fn)
     ppv = _safe_div(tp, tp + fp)
@@ -112,12 +114,8 @@ def average_precision(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     """The CI metrics only, fast (no scikit-learn)."""
-    pred = p >= threshold
-    yb = y.astype(bool)
-    tp = float(np.sum(pred & yb))
-    fp = float(np.sum(pred & ~yb))
-    fn = float(np.sum(~pred & yb))
-    tn = float(np.sum(~pred & ~yb))
+    c = confusion_at(y, p, threshold)
+    tn, fp, fn, tp = float(c["tn"]), float(c["fp"]), float(c["fn"]), float(c["tp"])
     return {
         "sensitivity": _safe_div(tp, tp + fn),
         "specificity": _safe_div(tn, tn + fp),

@@ -44,6 +44,27 @@ def _rates(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return cands, sens, spec
 
 
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def confusion_at(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, int]:
+    """The confusion counts of calling ``prob >= threshold`` fractured: tn, fp, fn, tp."""
+    pred = np.asarray(prob, dtype=float) >= threshold
+    y = np.asarray(y_true).astype(bool)
+    return {"tn": int(np.sum(~pred & ~y)), "fp": int(np.sum(pred & ~y)),
+            "fn": int(np.sum(~pred & y)), "tp": int(np.sum(pred & y))}
+
+
+def rates_at(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity and the fraction of images flagged at one threshold (the one
+    helper for them; NaN where undefined, e.g. no fractured images)."""
+    c = confusion_at(y_true, prob, threshold)
+    n = c["tn"] + c["fp"] + c["fn"] + c["tp"]
+    return {"threshold": float(threshold), "sensitivity": _ratio(c["tp"], c["tp"] + c["fn"]),
+            "specificity": _ratio(c["tn"], c["tn"] + c["fp"]), "flagged_fraction": _ratio(c["tp"] + c["fp"], n)}
+
+
 def _need_both(y: np.ndarray) -> None:
     if len(np.unique(np.asarray(y, dtype=int))) < 2:
         raise FracdetError("choosing a threshold needs both fractured and non-fractured images")
@@ -152,13 +173,6 @@ def main_threshold(y: np.ndarray, p: np.ndarray, rule: ThresholdRule) -> float:
     return cost_threshold(y, p, rule.cost_fn, rule.cost_fp)
 
 
-def _achieved(y: np.ndarray, p: np.ndarray, t: float) -> dict[str, float]:
-    y = np.asarray(y, dtype=int)
-    pred = np.asarray(p) >= t
-    return {"threshold": float(t), "sensitivity": float(pred[y == 1].mean()),
-            "specificity": float((~pred[y == 0]).mean()), "flagged_fraction": float(pred.mean())}
-
-
 def choose_operating_points(y: np.ndarray, p: np.ndarray, rule: ThresholdRule | None = None,
                             data_name: str = "the validation split") -> OperatingPoints:
     """Fit all three thresholds on calibrated probabilities ``p`` of labelled data ``y``.
@@ -173,7 +187,7 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, rule: ThresholdRule | 
     doubt = sensitivity_threshold(y, p, rule.doubt_sensitivity)
     fracture = specificity_threshold(y, p, rule.fracture_specificity)
     doubt = min(doubt, fracture)
-    ach = {"main": _achieved(y, p, t), "doubt": _achieved(y, p, doubt), "fracture": _achieved(y, p, fracture)}
+    ach = {"main": rates_at(y, p, t), "doubt": rates_at(y, p, doubt), "fracture": rates_at(y, p, fracture)}
     text = f"{_describe(rule)} on {data_name} (calibrated probabilities)"
     ops = OperatingPoints(threshold=t, threshold_rule=text, doubt_threshold=doubt, fracture_threshold=fracture,
                           achieved=ach, rule=rule.to_dict())
@@ -255,6 +269,6 @@ class Decision:
         return verdict(probability, self.doubt_threshold, self.fracture_threshold)
 
 
-__all__ = ["Decision", "OperatingPoints", "RULES", "ThresholdRule", "VERDICTS", "choose_operating_points", "cost_threshold",
+__all__ = ["Decision", "OperatingPoints", "confusion_at", "rates_at", "RULES", "ThresholdRule", "VERDICTS", "choose_operating_points", "cost_threshold",
            "main_threshold", "sensitivity_threshold", "specificity_threshold", "threshold_note", "verdict",
            "youden_threshold"]

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from fracdet.fsutil import atomic_path  # noqa: E402
+from fracdet.operating import rates_at  # noqa: E402
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -45,9 +46,8 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
 
 
 def _rates_at(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[float, float]:
-    pred = np.asarray(prob) >= threshold
-    y = np.asarray(y_true).astype(bool)
-    return float((pred & y).sum() / max(y.sum(), 1)), float((~pred & ~y).sum() / max((~y).sum(), 1))
+    r = rates_at(y_true, prob, threshold)
+    return r["sensitivity"], r["specificity"]
 
 
 def plot_roc(y_true: np.ndarray, prob: np.ndarray, auc: float, threshold: float, path: str | Path,

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fracdet.operating import rates_at
+
 log = logging.getLogger(__name__)
 
 FIGURES = {
@@ -42,15 +44,6 @@ def subgroups_of(samples: Sequence[Any]) -> dict[str, list[str | None]]:
             view.append(str(meta["view"]) if meta.get("view") else None)
     out = {"region": region, "hardware": hardware, "view": view}
     return {k: v for k, v in out.items() if any(x is not None for x in v)}
-
-
-def _achieved(y: np.ndarray, p: np.ndarray, t: float) -> dict[str, float]:
-    pred = p >= t
-    pos, neg = y == 1, y == 0
-    return {"threshold": float(t),
-            "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
-            "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan"),
-            "flagged_fraction": float(pred.mean()) if len(p) else float("nan")}
 
 
 def verdict_counts(y: np.ndarray, p: np.ndarray, doubt: float, fracture: float) -> dict[str, dict[str, int]]:
@@ -118,8 +111,8 @@ def clinical_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, th
     res: dict[str, Any] = {"ci": bootstrap_ci(y, p, threshold, n_resamples, seed)}
     res["bootstrap"] = {"n_resamples": int(n_resamples), "seed": int(seed), "level": 0.95,
                         "method": "percentile, stratified by class"}
-    res["operating_points"] = {"main": _achieved(y, p, threshold), "doubt": _achieved(y, p, doubt),
-                               "fracture": _achieved(y, p, fracture)}
+    res["operating_points"] = {"main": rates_at(y, p, threshold), "doubt": rates_at(y, p, doubt),
+                               "fracture": rates_at(y, p, fracture)}
     res["verdicts"] = verdict_counts(y, p, doubt, fracture)
     curves: dict[str, dict[str, list[float]]] = {}
     ece: dict[str, float] = {}
