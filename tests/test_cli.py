@@ -101,7 +101,7 @@ def test_models_and_help_list(capsys):
 
 
 def test_shared_cli_choices_match_the_library():
-    from fracdet.cli_options import BACKEND_CHOICES, LAYOUT_CHOICES
+    from fracdet.cli.options import BACKEND_CHOICES, LAYOUT_CHOICES
     from fracdet.data.layouts import LAYOUTS
     from fracdet.inference import BACKENDS
 

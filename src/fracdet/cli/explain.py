@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fracdet.cli_options import add_model_option
+from fracdet.cli.options import add_model_option
 
 
 def heatmap_dir(value: str, out: str | None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fracdet.cli_options import add_layout_option, add_model_option
+from fracdet.cli.options import add_layout_option, add_model_option
 
 
 def add_quantize(sub: Any) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from fracdet.cli_options import add_layout_option
+from fracdet.cli.options import add_layout_option
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from fracdet.cli_options import add_backend_option, add_model_option
+from fracdet.cli.options import add_backend_option, add_model_option
 
 
 def _window_arg(text: str) -> int | None:
@@ -90,7 +90,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                                          heatmaps=a.heatmaps is not None, cam_method=a.cam_method)
         overlays = None
         if a.heatmaps is not None:
-            from fracdet.cli_explain import OverlayWriter, heatmap_dir
+            from fracdet.cli.explain import OverlayWriter, heatmap_dir
 
             overlays = OverlayWriter(heatmap_dir(a.heatmaps, a.out), a.cam_method, options)
         for pred in progress_over(stream, "predicting", total=len(files)):

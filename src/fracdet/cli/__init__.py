@@ -1,0 +1,83 @@
+"""``fracdet`` command line: one module per command (``fracdet.cli.<command>``), thin over the
+library.  Heavy imports are deferred into each command so ``fracdet --help`` starts fast.
+Errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from fracdet import __version__
+from fracdet.cli.audit import add_audit, add_split
+from fracdet.cli.clinical import add_calibrate, add_ensemble
+from fracdet.cli.evaluate import add_evaluate
+from fracdet.cli.explain import add_explain
+from fracdet.cli.info import add_info, add_models
+from fracdet.cli.predict import add_predict
+from fracdet.cli.quantize import add_quantize
+from fracdet.cli.train import add_train
+from fracdet.cli.upgrade import add_upgrade
+
+log = logging.getLogger("fracdet")
+
+
+def _setup_logging(verbose: int) -> None:
+    """One line per event: fracdet's INFO, third-party warnings once, no Lightning chatter
+    (``-v`` shows third-party INFO, ``-vv`` debug and dependencies' deprecations); see logsetup."""
+    from fracdet.logsetup import configure
+
+    configure(verbose)
+
+
+COMMANDS: list[Callable[[Any], None]] = [add_train, add_evaluate, add_predict, add_explain, add_audit, add_split,
+                                         add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fracdet",
+        description="Fracture detection on bone radiographs: train, evaluate, predict. "
+                    "A research tool, not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"fracdet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fracdet`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from fracdet.errors import FracdetError
+
+    try:
+        return int(args.func(args) or 0)
+    except FracdetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if os.environ.get("FRACDET_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def entry() -> int:
+    """The console script: switch to the fast allocator when available, then run."""
+    from fracdet.runtime import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc(sys.argv[1:])
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry())

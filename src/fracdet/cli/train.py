@@ -1,0 +1,117 @@
+"""``fracdet train``: two-phase training into a run folder with the model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fracdet.cli.options import add_layout_option
+
+def add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a classifier (two phases) and write a run folder with the model")
+    p.add_argument("data", nargs="?", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
+    add_layout_option(p)
+    p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
+    p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
+    p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
+    p.add_argument("--weights", help="local ImageNet weights (timm state dict) for the backbone")
+    p.add_argument("--resplit", action="store_true", help="merge the given splits and re-split group-aware 70/15/15")
+    p.add_argument("--no-int8", action="store_true",
+                   help="do not add the int8 onnxruntime graph (quantized on training images, checked on val)")
+    p.add_argument("--allow-leakage", action="store_true",
+                   help="train even if the given splits share duplicates or labels conflict (the model card says so)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs1", dest="phase1_epochs", type=int, help="phase 1 (frozen backbone) epochs")
+    p.add_argument("--epochs2", dest="phase2_epochs", type=int, help="phase 2 (fine-tuning) epochs")
+    p.add_argument("--head-lr", type=float)
+    p.add_argument("--backbone-lr", type=float)
+    p.add_argument("--phase2-head-lr", type=float)
+    p.add_argument("--unfreeze-from", help="stage name to unfreeze from in phase 2 (default: all)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--scheduler", choices=["plateau", "cosine", "none"])
+    p.add_argument("--monitor", choices=["val_auroc", "val_loss"])
+    p.add_argument("--patience", type=int)
+    p.add_argument("--no-class-weighting", action="store_true")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--head-hidden", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    p.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees (0 = off)")
+    p.add_argument("--translate", type=float)
+    p.add_argument("--zoom", type=float)
+    p.add_argument("--no-hflip", action="store_true")
+    p.add_argument("--brightness", type=float)
+    p.add_argument("--contrast", type=float)
+    p.add_argument("--blur-p", type=float)
+    p.add_argument("--erasing-p", type=float)
+    p.add_argument("--noise", type=float, help="augmentation: max std of Gaussian pixel noise, [0, 1] units (0 = off)")
+    p.add_argument("--noise-p", type=float, help="augmentation: probability of pixel noise")
+    p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
+    p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--strategy", help="lightning strategy: auto, ddp, ...")
+    p.add_argument("--precision")
+    p.add_argument("--limit-train-batches", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--limit-val-batches", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--refinish", metavar="RUN_DIR",
+                   help="no training: redo calibration, operating points, evaluation and the artifact of RUN_DIR "
+                        "from its config and best checkpoint (after an interruption or a fracdet upgrade)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from fracdet.config import TrainConfig
+    from fracdet.errors import FracdetError
+    from fracdet.train import refinish, train
+
+    if a.refinish:
+        _print_run_summary(refinish(a.refinish))
+        return 0
+    if not a.data:
+        raise FracdetError("fracdet train: give the DATA to train on (or --refinish RUN_DIR)")
+
+    cfg = TrainConfig(data=a.data, layout=a.layout, out=a.out)
+    for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
+                 "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
+                 "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
+                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights"):
+        if getattr(a, name) is not None:
+            setattr(cfg, name, getattr(a, name))
+    cfg.pretrained = not a.no_pretrained
+    cfg.resplit = a.resplit
+    cfg.allow_leakage = a.allow_leakage
+    cfg.int8 = not a.no_int8
+    cfg.class_weighting = not a.no_class_weighting
+    cfg.progress = not a.no_progress and sys.stderr.isatty()
+    aug = cfg.augment
+    aug.enabled = not a.no_augment
+    aug.hflip = not a.no_hflip
+    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p", "noise", "noise_p"):
+        if getattr(a, name) is not None:
+            setattr(aug, name, getattr(a, name))
+    result = train(cfg)
+    if result.artifact_path is None:
+        return 0  # a DDP worker rank: rank 0 reports
+    _print_run_summary(result)
+    return 0
+
+
+def _print_run_summary(result: Any) -> None:
+    from rich.console import Console
+
+    con = Console()
+    m = result.metrics
+    con.print(f"[bold]run folder[/]: {result.run_dir}")
+    con.print(f"[bold]model[/]: {result.artifact_path}")
+    for split in ("val", "test"):
+        if split in m:
+            s = m[split]
+            con.print(f"{split:>4}: AUROC {s['roc_auc']:.3f}  sensitivity {s['sensitivity']:.3f}  "
+                      f"specificity {s['specificity']:.3f}  (n={s['n']}, threshold {s['threshold']:.3f})")
+
+
