@@ -19,6 +19,7 @@ from fracdet.models import create_model
 from fracdet.report import render_html, subgroups_of
 from fracdet.data.layouts import Sample
 from fracdet.transforms import PreprocessSpec
+from optional import missing_optional
 from synth import write_image
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -117,13 +118,13 @@ def _browser():
 def _run_browser(args, tmp_path):
     browser = _browser()
     if browser is None:
-        pytest.skip("no chromium binary (apt-get install chromium)")
+        missing_optional("no chromium binary (apt-get install chromium)")
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", *args]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.skip("chromium did not finish in 120 s")
+        pytest.fail("chromium did not finish rendering the report in 120 s")
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
