@@ -41,10 +41,13 @@ def test_target_sensitivity_is_met_and_tight(target):
     t = sensitivity_threshold(y, p, target)
     se, _ = _sens_spec(y, p, t)
     assert se >= target
-    higher = np.unique(p[p > t])
-    assert t < higher[0] if len(higher) else True
-    if len(higher):  # flagging one score fewer misses the target: t is the most specific such point
-        assert _sens_spec(y, p, np.nextafter(higher[0], 1.0))[0] < target
+    assert not np.any(p == t)  # never on a score (rates must not flip when a score rounds)
+    higher, lower = np.unique(p[p > t]), p[p < t]
+    assert len(higher) > 0  # at least one case is flagged
+    if len(lower):  # midway between the last unflagged and the first flagged score
+        assert t == pytest.approx((lower.max() + higher[0]) / 2)
+    # flagging one score fewer misses the target: t is the most specific such point
+    assert _sens_spec(y, p, np.nextafter(higher[0], 1.0))[0] < target
 
 
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 pydicom = pytest.importorskip("pydicom")
-data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
@@ -36,12 +35,14 @@ from fracdet.inference import Predictor, group_by_study  # noqa: E402
 from fracdet.operating import Decision  # noqa: E402
 from fracdet.transforms import PreprocessSpec  # noqa: E402
 
-DATA = Path(data_store.__file__).parent / "data"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "src/fracdet/weights/default.fracdet"
 
 
 def real(name: str) -> Path:
-    p = DATA / name
+    """A real file from pydicom-data: only the tests that call this need the package; the
+    synthetic tests below build their own files and run without it."""
+    data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
+    p = Path(data_store.__file__).parent / "data" / name
     if not p.is_file():
         pytest.skip(f"{name} not in this pydicom-data")
     return p
