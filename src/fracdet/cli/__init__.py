@@ -20,6 +20,8 @@ from fracdet.cli.predict import add_predict
 from fracdet.cli.quantize import add_quantize
 from fracdet.cli.train import add_train
 from fracdet.cli.upgrade import add_upgrade
+from fracdet.cli_records import add_records
+from fracdet.cli_serve import add_serve
 
 log = logging.getLogger("fracdet")
 
@@ -33,7 +35,8 @@ def _setup_logging(verbose: int) -> None:
 
 
 COMMANDS: list[Callable[[Any], None]] = [add_train, add_evaluate, add_predict, add_explain, add_audit, add_split,
-                                         add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info]
+                                         add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info,
+                                         add_serve, add_records]
 
 
 def build_parser() -> argparse.ArgumentParser:
