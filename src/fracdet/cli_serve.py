@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from fracdet.cli.options import add_backend_option, add_model_option
@@ -50,7 +51,8 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--workers", type=_positive(int), default=2, metavar="N",
                    help="inference worker threads (default 2); the model is loaded once and shared")
     p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
-                   help="onnxruntime threads per inference (default: this machine's CPUs)")
+                   help="onnxruntime threads per inference (default: the CPUs shared out among the workers; "
+                   "2 workers × 1 thread measured fastest on 2 cores, benchmarks/serve_load.py)")
     p.add_argument("--force", action="store_true",
                    help="also predict DICOM modalities that are refused by default (CT, MR, ...)")
     add_backend_option(p)
@@ -74,7 +76,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     settings = Settings(model_name=model_name_of(a.model), api_key=Settings.api_key_from_env(a.api_key),
                         db_url=None if a.no_records else (a.db or DEFAULT_DB), max_upload_mb=a.max_upload_mb,
                         max_pixels=a.max_pixels, max_files=a.max_files, workers=a.workers, force_dicom=a.force)
-    predictor = load_model(a.model, backend=a.backend, threads=a.threads)
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+    predictor = load_model(a.model, backend=a.backend, threads=threads)
     app = create_app(predictor, settings)
     log.info("serving %s (%s, SHA-256 %s…) on http://%s:%d — API key %s, records %s", settings.model_name,
              predictor.backend, predictor.artifact.sha256[:12], a.host, a.port,
