@@ -290,6 +290,82 @@ def test_presentation_lut_shape(tmp_path):
     assert np.allclose(m1, 1.0 - plain, atol=1e-6) and np.array_equal(m1, m1_inv)
 
 
+# ----------------------------------------------------------------------------- limits, frames one at a time
+
+
+def _multiframe(path: Path, n: int, h: int = 128, w: int = 128) -> Path:
+    """An ``n``-frame 16-bit file; frame i holds the constant value 100·i (window 32768/65536)."""
+    stack = np.broadcast_to((np.arange(n, dtype=np.uint16) * 100)[:, None, None], (n, h, w))
+    write_dicom(path, np.zeros((h, w), np.uint16), NumberOfFrames=n, WindowCenter=32768, WindowWidth=65536)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = np.ascontiguousarray(stack).astype("<u2").tobytes()
+    ds.save_as(path)
+    return path
+
+
+def test_500_frames_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from fracdet.io import dicom as dicom_mod
+
+    n, h, w = 500, 128, 128
+    p = _multiframe(tmp_path / "cine.dcm", n, h, w)
+    decoded: list[int | None] = []
+    real_decode = dicom_mod._decode
+    monkeypatch.setattr(dicom_mod, "_decode", lambda p, ds, i, m: decoded.append(i) or real_decode(p, ds, i, m))
+    tracemalloc.start()
+    try:
+        frames = read_frames(p)
+        assert len(frames) == n and decoded == []  # nothing decoded until a frame is taken
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        means = []
+        for i, x in enumerate(frames):
+            assert x.meta["frame"] == i and x.meta["frames"] == n and x.pixels.shape == (h, w)
+            means.append(float(x.pixels.mean()))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert decoded == list(range(n))
+    eager = n * h * w * 4  # all frames as float32: 32 MB
+    assert peak < eager / 16, f"peak {peak / 1e6:.1f} MB while iterating: frames are not decoded lazily"
+    assert means[499] == pytest.approx(49900 / 65535, abs=2e-3) and means[1] < means[2]
+    assert frames[-1].meta["frame"] == n - 1 and [x.meta["frame"] for x in frames[3:5]] == [3, 4]
+    with pytest.raises(IndexError):
+        frames[n]
+
+
+def test_dicom_pixel_limit_checked_from_the_header(tmp_path, monkeypatch, predictor):
+    p = _multiframe(tmp_path / "cine.dcm", 3, 128, 128)
+    assert len(read_frames(p, max_pixels=128 * 128)) == 3  # the limit is per frame, not per file
+    with pytest.raises(ImageReadError, match=r"frame too large \(128x128"):
+        read_frames(p, max_pixels=10_000)
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(p, max_pixels=10_000)
+    monkeypatch.setenv("FRACDET_MAX_PIXELS", "10000")
+    (row,) = list(predictor.predict_paths([p]))
+    assert not row.ok and "frame too large" in row.error and "FRACDET_MAX_PIXELS" in row.error
+    monkeypatch.delenv("FRACDET_MAX_PIXELS")
+    # a header claiming 60000x60000 with a few bytes of pixel data: refused before any decoding
+    bomb = write_dicom(tmp_path / "bomb.dcm", np.zeros((16, 16), np.uint16))
+    ds = pydicom.dcmread(bomb)
+    ds.Rows = ds.Columns = 60000
+    ds.save_as(bomb)
+    with pytest.raises(ImageReadError, match=r"image too large \(60000x60000 = 3600.0 Mpx; the limit is 100 Mpx"):
+        read_image(bomb)
+
+
+def test_fifo_named_dcm_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_frames(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(fifo)
+
+
 def test_broken_files_give_one_error_row_and_batch_goes_on(tmp_path, predictor):
     good = write_dicom(tmp_path / "good.dcm", np.tile(np.arange(64, dtype=np.uint16) * 60, (48, 1)), bits_stored=12)
     # no pixel data: a structured-report-like object

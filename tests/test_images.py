@@ -215,3 +215,80 @@ def test_no_warnings_on_clean_file(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_image(p, min_size=16).meta["truncated"] is False
+
+
+# ----------------------------------------------------------------------------- limits, hostile files
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width``×``height`` (8-bit grey) with a few bytes of data:
+    a decompression bomb as far as the header goes, a few hundred bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("w", "h"), [(30000, 30000), (12000, 9000), (200_000, 600)])
+def test_bomb_refused_from_the_header(tmp_path: Path, w: int, h: int) -> None:
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_claiming(w, h))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes either
+        with pytest.raises(ImageReadError, match="too large") as err:
+            read_image(p)
+    assert "\n" not in str(err.value) and str(p) in str(err.value)
+    assert "FRACDET_MAX_PIXELS" in str(err.value)
+
+
+def test_pixel_limit_argument_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "g.png"
+    Image.fromarray(np.zeros((100, 120), np.uint8), "L").save(p)
+    assert images_mod.max_pixels() == images_mod.DEFAULT_MAX_PIXELS == 100_000_000
+    assert read_image(p).pixels.shape == (100, 120)
+    with pytest.raises(ImageReadError, match=r"image too large \(120x100 = 0.0 Mpx; the limit is 0.01 Mpx"):
+        read_image(p, max_pixels=10_000)
+    assert read_image(p, max_pixels=12_000).pixels.shape == (100, 120)  # the limit is inclusive
+    monkeypatch.setenv("FRACDET_MAX_PIXELS", "1e4")
+    assert images_mod.max_pixels() == 10_000
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(p)
+    assert read_image(p, max_pixels=20_000).pixels.shape == (100, 120)  # the argument wins
+    monkeypatch.setenv("FRACDET_MAX_PIXELS", "lots")
+    from fracdet.errors import FracdetError
+
+    with pytest.raises(FracdetError, match="FRACDET_MAX_PIXELS must be a positive number"):
+        read_image(p)
+    with pytest.raises(ValueError):
+        read_image(p, max_pixels=0)
+
+
+def test_raising_the_limit_raises_pillows_own(tmp_path: Path) -> None:
+    """Pillow's bomb check follows the limit up (never down), so a larger limit is honoured."""
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None and before >= images_mod.DEFAULT_MAX_PIXELS
+    p = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((16, 20000), np.uint8), "L").save(p)
+    assert read_image(p).pixels.shape == (16, 20000)
+
+
+def test_fifo_symlink_loop_and_folder_are_one_line_errors(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    for p, needle in [(fifo, "not a regular file (a named pipe)"), (loop, "symbolic link loop"),
+                      (folder, "is a folder")]:
+        with pytest.raises(ImageReadError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            read_image(p)
+    assert images_mod.has_dicom_preamble(fifo) is False  # folder walks never open a FIFO
+    assert [q.name for q in iter_image_files([tmp_path])] == ["loop.png", "pipe.jpg"]

@@ -29,6 +29,12 @@ decoder return RGB) is scaled by its Bits Stored range and reduced to luminance 
 the same ITU-R 601 weights as other images. PALETTE COLOR and other interpretations
 are refused unless forced (palette images are then expanded through their colour LUT).
 
+**Limits.** Rows×Columns of a frame is checked against the pixel limit
+(:func:`fracdet.io.images.max_pixels`: ``max_pixels`` argument, ``$FRACDET_MAX_PIXELS``, 100 Mpx)
+from a header read that stops before the pixel data, so a file claiming a huge frame is
+refused before its pixel data is read or decoded. FIFOs, sockets and devices are refused
+without being opened.
+
 **What is refused.** A modality that is not a projection radiograph (CT, MR, US, NM,
 PT, ...; see :data:`RADIOGRAPH_MODALITIES`) and unsupported photometric
 interpretations raise :class:`~fracdet.errors.ImageReadError` unless
@@ -37,7 +43,9 @@ presentation states, DICOMDIR), encapsulated documents (PDF/CDA) and corrupt or
 truncated files always raise it, with a one-line reason.
 
 **Frames.** :func:`read_frames` returns one :class:`XRay` per frame
-(``meta["frame"]`` = 0, 1, ...). :func:`read_dicom` — what
+(``meta["frame"]`` = 0, 1, ...) as a lazy sequence (:class:`Frames`): each frame is decoded
+when it is taken (``pydicom.pixels.pixel_array(ds, index=i)``), so iterating a 500-frame file
+holds one decoded frame at a time. :func:`read_dicom` — what
 :func:`fracdet.io.read_image` uses for DICOM, e.g. in training — returns frame 0 only,
 with ``meta["frames"]`` giving the count, so a multi-frame file is one training image.
 
@@ -56,8 +64,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import operator
+import os
+import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +76,14 @@ from typing import Any
 import numpy as np
 
 from fracdet.errors import ImageReadError
+from fracdet.io.images import check_pixel_limit
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
     "COLOUR_PHOTOMETRICS",
     "DICOM_META_KEYS",
     "DicomOptions",
+    "Frames",
     "GRAYSCALE_PHOTOMETRICS",
     "RADIOGRAPH_MODALITIES",
     "dicom_options",
@@ -191,9 +204,26 @@ def _header_meta(ds: Any) -> dict[str, Any]:
     return meta
 
 
-def _read_dataset(path: Path) -> Any:
+def _header_limit(pydicom: Any, path: Path, limit: int | None) -> None:
+    """Check Rows×Columns against the pixel limit from a header read that stops before the
+    pixel data. A header that cannot be read is left to the full read, which says why."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                   specific_tags=["Rows", "Columns", "NumberOfFrames"])
+            rows, cols = int(head.Rows), int(head.Columns)
+            frames = max(1, int(head.get("NumberOfFrames") or 1))
+    except Exception:
+        return
+    check_pixel_limit(path, cols, rows, frames, limit=limit)
+
+
+def _read_dataset(path: Path, limit: int | None = None) -> Any:
     pydicom = _pydicom(path)
     from pydicom.errors import InvalidDicomError
+
+    _header_limit(pydicom, path, limit)
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -473,14 +503,21 @@ def display_pixels(
 # ----------------------------------------------------------------------------- reading
 
 
-def _open(path: str | Path, opts: DicomOptions | None) -> tuple[Path, Any, dict[str, Any], str, int]:
+def _open(path: str | Path, opts: DicomOptions | None,
+          limit: int | None = None) -> tuple[Path, Any, dict[str, Any], str, int]:
     p = Path(path)
     opts = opts or get_options()
     if not p.exists():
-        raise _error(p, "file not found")
+        raise _error(p, "broken symbolic link or symbolic link loop" if p.is_symlink() else "file not found")
     if p.is_dir():
         raise _error(p, "is a folder, not an image file")
-    ds = _read_dataset(p)
+    try:
+        regular = stat.S_ISREG(os.stat(p).st_mode)
+    except OSError as exc:
+        raise _error(p, f"cannot open file ({exc.strerror or exc})") from None
+    if not regular:  # a FIFO would block the read forever
+        raise _error(p, "not a regular file (a named pipe, socket or device)")
+    ds = _read_dataset(p, limit)
     meta: dict[str, Any] = _header_meta(ds)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if tsyntax is not None:
@@ -500,6 +537,10 @@ def _open(path: str | Path, opts: DicomOptions | None) -> tuple[Path, Any, dict[
 
     if min(rows, cols) < MIN_SIDE:
         raise _error(p, f"image too small ({cols}x{rows} px; each side must be at least {MIN_SIDE} px)", meta)
+    try:
+        check_pixel_limit(p, cols, rows, frames, limit=limit)  # again: the header read may have failed
+    except ImageReadError as exc:
+        raise _error(p, exc.reason, meta) from None
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     meta.update(
         format="DICOM", mode=photometric, photometric=photometric, bit_depth=bits,
@@ -541,36 +582,60 @@ def _quiet(fn: Any) -> Any:
 
 @_quiet
 def read_dicom(path: str | Path, min_size: int | None = None,
-               options: DicomOptions | None = None) -> Any:
+               options: DicomOptions | None = None, max_pixels: int | None = None) -> Any:
     """Read frame 0 of a DICOM file as an :class:`~fracdet.io.images.XRay`.
 
     ``min_size`` is accepted for the reader-registry signature; DICOM is always decoded
-    at full resolution. Options default to those set with :func:`dicom_options`.
+    at full resolution. Options default to those set with :func:`dicom_options`;
+    ``max_pixels``: the per-frame pixel limit (default :func:`fracdet.io.images.max_pixels`).
     """
     opts = options or get_options()
-    p, ds, meta, photometric, frames = _open(path, opts)
+    p, ds, meta, photometric, frames = _open(path, opts, max_pixels)
     stored = _decode(p, ds, 0 if frames > 1 else None, meta)
     if frames > 1:
         meta["note"] = f"multi-frame DICOM: frame 0 of {frames} (read_frames gives all)"
     return _frame_xray(p, ds, stored, photometric, meta, 0, opts.window)
 
 
+class Frames(Sequence):  # type: ignore[type-arg]
+    """The frames of one DICOM file, each decoded when it is taken (``frames[i]``, iteration)
+    and not kept: memory holds the file's bytes and one decoded frame, however many frames.
+    A frame that cannot be decoded raises :class:`~fracdet.errors.ImageReadError` when taken."""
+
+    def __init__(self, p: Path, ds: Any, meta: dict[str, Any], photometric: str, count: int,
+                 window: int | None) -> None:
+        self._p, self._ds, self._meta, self._photometric = p, ds, meta, photometric
+        self._count, self._window = count, window
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        i = operator.index(index)
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(f"frame {index} out of range ({self._count} frames)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = _decode(self._p, self._ds, i if self._count > 1 else None, self._meta)
+            return _frame_xray(self._p, self._ds, stored, self._photometric, self._meta, i, self._window)
+
+    def __repr__(self) -> str:
+        return f"Frames({str(self._p)!r}, {self._count} frames)"
+
+
 @_quiet
-def read_frames(path: str | Path, options: DicomOptions | None = None) -> list[Any]:
-    """Read every frame of a DICOM file: one :class:`~fracdet.io.images.XRay` per frame."""
+def read_frames(path: str | Path, options: DicomOptions | None = None,
+                max_pixels: int | None = None) -> Frames:
+    """Every frame of a DICOM file: one :class:`~fracdet.io.images.XRay` per frame, as a lazy
+    sequence (:class:`Frames`; ``list(...)`` decodes them all). The header is checked here
+    (refusals, pixel limit ``max_pixels`` per frame); frames are decoded one at a time."""
     opts = options or get_options()
-    p, ds, meta, photometric, frames = _open(path, opts)
-    stored = _decode(p, ds, None, meta)
-    if frames == 1:
-        return [_frame_xray(p, ds, stored, photometric, meta, 0, opts.window)]
-    frame_ndim = 3 if int(ds.get("SamplesPerPixel") or 1) > 1 else 2
-    per_frame = stored if stored.ndim == frame_ndim + 1 else stored[None]
-    if len(per_frame) != frames:  # pragma: no cover - defensive
-        meta["frames"] = len(per_frame)
-    return [
-        _frame_xray(p, ds, per_frame[i], photometric, meta, i, opts.window)
-        for i in range(len(per_frame))
-    ]
+    p, ds, meta, photometric, frames = _open(path, opts, max_pixels)
+    return Frames(p, ds, meta, photometric, frames, opts.window)
 
 
 def study_uid(path: str | Path) -> str | None:

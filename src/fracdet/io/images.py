@@ -16,14 +16,24 @@ DICOM is registered here (reader ``"dicom"``): files with the ``DICM`` preamble 
 name, with or without extension — and ``.dcm``/``.dicom``/``.dic`` files are read by
 :mod:`fracdet.io.dicom` (imported, with pydicom, only when such a file is read).
 :func:`read_image` returns frame 0 of a multi-frame DICOM;
-:func:`fracdet.io.dicom.read_frames` returns every frame.
+:func:`fracdet.io.dicom.read_frames` returns every frame, decoded one at a time.
+
+**Pixel limit.** Hostile files claim huge sizes in a few header bytes (a 30000×30000
+PNG is a few kilobytes). The size is checked from the header before anything is decoded
+— Pillow opens lazily, DICOM headers are read without the pixel data — against
+:data:`DEFAULT_MAX_PIXELS` (100 Mpx per image or DICOM frame), ``$FRACDET_MAX_PIXELS``,
+or the ``max_pixels`` argument of :func:`read_image` (see :func:`max_pixels`). Pillow's
+own ``MAX_IMAGE_PIXELS`` follows that limit and its ``DecompressionBombWarning``/``Error``
+become the same one-line :class:`~fracdet.errors.ImageReadError`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +48,7 @@ from fracdet.errors import ImageReadError
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "MIN_SIDE",
@@ -47,6 +58,8 @@ __all__ = [
     "is_image_file",
     "looks_like_image",
     "iter_image_files",
+    "max_pixels",
+    "check_pixel_limit",
     "read_image",
     "register_reader",
 ]
@@ -59,6 +72,70 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic"})
 
 _HEAD_BYTES = 132
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Largest image (or DICOM frame) read, in pixels, unless ``$FRACDET_MAX_PIXELS`` or a
+``max_pixels`` argument says otherwise: 100 Mpx, ~10000×10000 — above any radiograph
+(a 43×43 cm detector at 100 µm is 18 Mpx), below what makes a 2-core machine swap
+(100 Mpx decode to 400 MB of float32)."""
+MAX_PIXELS_ENV = "FRACDET_MAX_PIXELS"
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("fracdet_max_pixels", default=None)
+
+
+def max_pixels(override: int | None = None) -> int:
+    """The pixel limit in effect: ``override`` if given, else the one :func:`read_image` is
+    applying (its ``max_pixels`` argument), else ``$FRACDET_MAX_PIXELS`` (an integer, ``1e8``
+    allowed), else :data:`DEFAULT_MAX_PIXELS`."""
+    if override is None:
+        override = _LIMIT.get()
+    if override is not None:
+        return _positive(override)
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        from fracdet.errors import FracdetError
+
+        raise FracdetError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def _positive(n: int) -> int:
+    if int(n) <= 0:
+        raise ValueError(f"max_pixels must be a positive number of pixels, got {n}")
+    return int(n)
+
+
+def _sync_pillow(limit: int) -> None:
+    """Pillow's own bomb check (a warning above ``MAX_IMAGE_PIXELS``, an error above twice
+    that) must not refuse what ``limit`` allows; it is only ever raised here (the global is
+    shared between threads), and :func:`check_pixel_limit` applies the actual limit."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_pixel_limit(path: str | Path, width: int, height: int, frames: int = 1,
+                      limit: int | None = None) -> None:
+    """Raise :class:`ImageReadError` when one ``width``×``height`` image (each of
+    ``frames`` frames) exceeds the pixel limit (:func:`max_pixels`) — called with header
+    values, before any pixel is decoded."""
+    limit = max_pixels(limit)
+    w, h = int(width), int(height)
+    if w < 0 or h < 0 or w * h > limit:
+        what = "frame" if frames > 1 else "image"
+        raise ImageReadError(
+            path,
+            f"{what} too large ({w}x{h} = {w * h / 1e6:.1f} Mpx; the limit is {limit / 1e6:g} Mpx, "
+            f"set {MAX_PIXELS_ENV} to raise it)",
+        )
+
+
+_sync_pillow(DEFAULT_MAX_PIXELS)
 _TRUNCATED_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -95,6 +172,8 @@ def is_image_file(path: str | Path) -> bool:
 def has_dicom_preamble(path: str | Path) -> bool:
     """True when the file carries the DICOM Part 10 marker ``DICM`` at byte 128."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO: it would block
+            return False
         with open(path, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
     except OSError:
@@ -144,20 +223,34 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
                     yield Path(dirpath) / name
 
 
-def read_image(path: str | Path, min_size: int | None = None) -> XRay:
+def read_image(path: str | Path, min_size: int | None = None, max_pixels: int | None = None) -> XRay:
     """Read one image file as an :class:`XRay` (see the module docstring).
 
     ``min_size``: the caller needs the shorter side to be at least this many pixels;
     large JPEGs are then decoded at a reduced scale (much faster), never below it.
+    ``max_pixels``: refuse larger images (each DICOM frame) before decoding them; default
+    :func:`max_pixels` (``$FRACDET_MAX_PIXELS`` or 100 Mpx).
     Raises :class:`ImageReadError` on any failure.
     """
-    p = Path(path)
+    token = _LIMIT.set(None if max_pixels is None else _positive(max_pixels))
+    try:
+        return _read_image(Path(path), min_size)
+    finally:
+        _LIMIT.reset(token)
+
+
+def _read_image(p: Path, min_size: int | None) -> XRay:
     if not p.exists():
+        if p.is_symlink():
+            raise ImageReadError(p, "broken symbolic link or symbolic link loop")
         raise ImageReadError(p, "file not found")
     if p.is_dir():
         raise ImageReadError(p, "is a folder, not an image file")
     try:
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever, a device reads forever
+            raise ImageReadError(p, f"not a regular file ({_file_kind(st.st_mode)})")
+        size = st.st_size
         with open(p, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
     except OSError as exc:
@@ -180,7 +273,14 @@ def read_image(path: str | Path, min_size: int | None = None) -> XRay:
                 raise ImageReadError(p, f"{reader.name} reader failed: {_one_line(exc)}") from None
             _check_size(p, xray.meta.get("original_size", xray.pixels.shape[::-1]))
             return xray
-    return _read_pil(p, min_size, head)
+    try:
+        return _read_pil(p, min_size, head)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(p, "image too large to decode (out of memory)") from None
+    except Exception as exc:  # Pillow on a hostile file: struct.error, IndexError, ... - one line
+        raise ImageReadError(p, f"corrupt image data ({type(exc).__name__}: {_one_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------- Pillow
@@ -189,6 +289,14 @@ def read_image(path: str | Path, min_size: int | None = None) -> XRay:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def _check_size(p: Path, size: tuple[int, int]) -> None:
@@ -222,21 +330,40 @@ def _unidentified_reason(p: Path, head: bytes) -> str:
 
 
 def _open(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict[str, Any]]:
+    limit = max_pixels()
+    _sync_pillow(limit)
     try:
-        im = Image.open(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
     except UnidentifiedImageError:
         raise ImageReadError(p, _unidentified_reason(p, head)) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(p, f"image too large: {_one_line(exc)}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(
+            p, f"image too large ({_one_line(exc)}; set {MAX_PIXELS_ENV} to raise the limit)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
+    try:
+        check_pixel_limit(p, *im.size, limit=limit)  # from the header: nothing decoded yet
+    except ImageReadError:
+        im.close()
+        raise
+    try:
+        n_frames = int(getattr(im, "n_frames", 1))
+    except Exception:  # counting frames seeks through the file: a corrupt one fails here
+        n_frames = 1
     meta: dict[str, Any] = {
         "format": im.format,
         "mode": im.mode,
         "stored_size": im.size,
-        "frames": getattr(im, "n_frames", 1),
+        "frames": n_frames,
     }
-    _check_size(p, im.size)
+    try:
+        _check_size(p, im.size)
+    except ImageReadError:
+        im.close()
+        raise
     if min_size and im.format == "JPEG" and im.mode in ("RGB", "L"):
         # Decode straight to luminance (JPEG's Y channel is the ITU-R 601 luma used for
         # colour files anyway) and, when the file is much larger than needed, at 1/2, 1/4
