@@ -298,3 +298,16 @@ def test_cli_serve_parses_its_options():
                                                                                     1000, 3, "k")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--workers", "0"])
+
+
+def test_page_is_one_self_contained_file(predictor, db_url):
+    import re
+
+    c = make_client(predictor, db_url, api_key=KEY)
+    r = c.get("/")  # the page itself holds no data: no key needed; its calls send the key typed in
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "Research use only" in html and "not a medical device" in html
+    assert "/v1/predict" in html and "/v1/feedback" in html and "X-API-Key" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no CDN, no external font
+    assert "@import" not in html and "<link" not in html
