@@ -130,8 +130,14 @@ def test_predict_dicom_and_a_multi_view_study(client, tmp_path):
 def test_heatmap_overlay(client):
     r = client.post("/v1/predict?heatmap=true", files=upload(FRACTURED))
     assert r.status_code == 200, r.text
-    png = base64.b64decode(r.json()["predictions"][0]["overlay_png"])
+    p = r.json()["predictions"][0]
+    png = base64.b64decode(p["overlay_png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    w, h = Image.open(FRACTURED).size
+    box = p["heatmap_box"]
+    assert 0 <= box["x"] < box["x"] + box["width"] <= w and 0 <= box["y"] < box["y"] + box["height"] <= h
 
 
 def test_feedback_is_recorded(client, db_url):

@@ -90,6 +90,7 @@ def test_page_in_chromium(server, tmp_path):
             overlay = page.locator("#results img.overlay").first
             expect(overlay).to_be_visible()
             assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", overlay.element_handle())
+            expect(page.locator("#results .box-note").first).to_contain_text("Cyan box")
             shot = tmp_path / "fracdet-page-1280.png"
             page.screenshot(path=str(shot), full_page=True)
             _save(shot)

@@ -6,7 +6,8 @@ Routes (all but ``/v1/health`` need the ``X-API-Key`` header when a key is set):
 - ``POST /v1/predict`` — one or more files as multipart field ``files`` (JPEG, PNG, TIFF, BMP,
   DICOM); per image: probability, label, verdict, thresholds, model name + SHA-256, DICOM UIDs,
   the record id; a study verdict when several views share a StudyInstanceUID;
-  ``?heatmap=true`` adds the overlay PNG (base64; needs PyTorch).
+  ``?heatmap=true`` adds the overlay PNG (base64; needs PyTorch) and ``heatmap_box``, where the
+  heatmap points (x, y, width, height in the image's pixels; derived, not a detected fracture).
 - ``GET /v1/health`` — liveness; ``GET /v1/model`` — the model card's facts;
   ``POST /v1/feedback`` — a reader's verdict on a recorded prediction.
 
@@ -163,19 +164,23 @@ class _Service:
         except FracdetError as exc:
             raise ApiError(400, f"{upload.name}: {' '.join(str(exc).split())}".replace(str(upload.path), upload.name))
 
-    def overlay(self, xray: Any, pred: Any, method: str) -> str:
+    def overlay(self, xray: Any, pred: Any, method: str) -> tuple[str, dict[str, float] | None]:
+        """The overlay PNG (base64, at most 1024 px) with the heatmap's "look here" box drawn in,
+        and that box in the image's pixels (derived from the heatmap: not a detected fracture)."""
         from fracdet import explain
         from PIL import Image
 
+        box = explain.top_box(pred.heatmap)
         img = explain.render_overlay(xray.pixels, pred.heatmap, text=explain.verdict_text(pred),
-                                     method=explain.method_name(method))
+                                     method=explain.method_name(method), box=box)
         if max(img.size) > 1024:
             scale = 1024 / max(img.size)
             img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))),
                              Image.BILINEAR)
         buf = io.BytesIO()
         img.save(buf, format="PNG")
-        return base64.b64encode(buf.getvalue()).decode("ascii")
+        shown = dict(zip(("x", "y", "width", "height"), box)) if box is not None else None
+        return base64.b64encode(buf.getvalue()).decode("ascii"), shown
 
     def predict(self, files: list[UploadFile], heatmap: bool, cam_method: str) -> dict[str, Any]:
         s = self.settings
@@ -212,7 +217,7 @@ class _Service:
                 "dicom": ({**dicom, "frame": pred.meta.get("frame")} if up.kind == "dicom" else None),
             }
             if png is not None:
-                entry["overlay_png"] = png
+                entry["overlay_png"], entry["heatmap_box"] = png
             out.append(entry)
         return {"predictions": out, "studies": self.studies(items, ids), "model": self.model,
                 "notice": RESEARCH_NOTE}
