@@ -173,6 +173,16 @@ def test_api_key(predictor, db_url):
     ok = c.post("/v1/predict", files=upload(FRACTURED), headers={"X-API-Key": KEY})
     assert ok.status_code == 200
     assert c.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+    schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert any(s.get("name") == "X-API-Key" for s in schemes.values())
+
+
+def test_a_wrong_key_is_refused_before_the_body_is_read(predictor, db_url, caplog):
+    c = make_client(predictor, db_url, api_key=KEY)
+    with caplog.at_level(logging.INFO, logger="fracdet.serve.access"):
+        assert_error(c.post("/v1/predict", files=upload(FRACTURED)), 401)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "fracdet.serve.access"]
+    assert " 401 in=0B " in line  # nothing of the upload was read
 
 
 def test_api_key_from_environment(monkeypatch):

@@ -31,9 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,13 +61,22 @@ class Feedback(BaseModel):
     comment: str | None = Field(default=None, max_length=2000)
 
 
-class _Guard:
-    """ASGI middleware: refuses request bodies over the limit (413, before or while they are
-    read) and writes one access-log line per request (no body content)."""
+def _key_ok(given: str | None, key: str | None) -> bool:
+    return key is None or hmac.compare_digest((given or "").encode(), key.encode())
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+KEY_MESSAGE = f"missing or wrong API key (send it as the {API_KEY_HEADER} header)"
+
+
+class _Guard:
+    """ASGI middleware: refuses a missing or wrong API key on ``/v1/`` routes but health (401)
+    and request bodies over the limit (413) before the body is read (or while it is), and
+    writes one access-log line per request (no body content)."""
+
+    def __init__(self, app: Any, limit: int, api_key: str | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.api_key = api_key
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -92,8 +102,13 @@ class _Guard:
             return message
 
         try:
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
+            headers = dict(scope.get("headers") or [])
+            length = headers.get(b"content-length")
+            path = scope.get("path", "")
+            given = headers.get(API_KEY_HEADER.lower().encode(), b"").decode("latin-1")
+            if path.startswith("/v1/") and path != "/v1/health" and not _key_ok(given, self.api_key):
+                await JSONResponse(error_body(401, KEY_MESSAGE), status_code=401)(scope, receive, sending)
+            elif length is not None and length.isdigit() and int(length) > limit:
                 state["in"] = int(length)
                 await JSONResponse(error_body(413, f"request body too large ({int(length) / 2**20:.1f} MiB; "
                                                    f"the limit is {self.limit / 2**20:.1f} MiB)"),
@@ -267,17 +282,15 @@ def create_app(predictor: Any, settings: Settings | None = None) -> FastAPI:
                   description="Fracture detection on bone radiographs. " + RESEARCH_NOTE)
     app.state.service = service
     app.state.pool = pool
-    app.add_middleware(_Guard, limit=settings.max_upload_bytes)
+    app.add_middleware(_Guard, limit=settings.max_upload_bytes, api_key=settings.api_key)
 
     async def in_pool(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def require_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get(API_KEY_HEADER, "")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise ApiError(401, f"missing or wrong API key (send it as the {API_KEY_HEADER} header)")
+    def require_key(given: Annotated[str | None, Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))]
+                    = None) -> None:  # checked by _Guard before the body is read; here for the schema too
+        if not _key_ok(given, settings.api_key):
+            raise ApiError(401, KEY_MESSAGE)
 
     keyed = [Depends(require_key)]
 
