@@ -327,3 +327,20 @@ def test_page_is_one_self_contained_file(predictor, db_url):
     assert "/v1/predict" in html and "/v1/feedback" in html and "X-API-Key" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no CDN, no external font
     assert "@import" not in html and "<link" not in html
+
+
+def test_upload_limit_without_content_length(predictor, db_url):
+    """A chunked body (no Content-Length) is cut off once it passes the limit: 413."""
+    c = make_client(predictor, db_url, max_upload_mb=0.25)
+    boundary = "fracdetboundary"
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jpg\"\r\n"
+               "Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff"
+        for _ in range(64):
+            yield b"\x00" * 16384  # 1 MiB in all
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = c.post("/v1/predict", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_error(r, 413, "too large")
+    assert c.get("/v1/health").status_code == 200
