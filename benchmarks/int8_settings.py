@@ -35,14 +35,16 @@ import numpy as np
 FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
 
 # keyword arguments of onnxruntime's quantize_static that every scheme starts from (fracdet's
-# scheme before reduce_range), so that the table does not move with fracdet.quantize's choice
+# scheme up to 0.1; ``float_image_convs`` is fracdet's own: keep the image's convolution in
+# float32), so that the table does not move with fracdet.quantize's choice
 BASE: dict[str, Any] = {"quant_format": "QOperator", "activation_type": "QUInt8", "weight_type": "QInt8",
-                        "per_channel": True, "reduce_range": False, "calibrate_method": "MinMax"}
+                        "per_channel": True, "reduce_range": False, "calibrate_method": "MinMax",
+                        "float_image_convs": False}
 # node names in EfficientNet-Lite0's exported graph (``nodes_to_exclude`` keeps them in float32)
 STEM, HEAD = "/conv_stem/conv_stem.1/Conv", ("/head/head.0/Gemm", "/head/head.3/Gemm")
 # name → (description, changes to BASE)
 SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "qop-minmax": ("QOperator, u8 act., per-channel s8 weights, MinMax (fracdet <= 0.1 scheme)", {}),
+    "qop-minmax": ("QOperator, u8 act., per-channel s8 weights, MinMax (fracdet's earlier scheme)", {}),
     "qop-minmax-rr": ("same, reduce_range (7-bit weights)", {"reduce_range": True}),
     "qdq-minmax": ("QDQ, u8 act., per-channel s8 weights, MinMax", {"quant_format": "QDQ"}),
     "qdq-minmax-rr": ("QDQ, reduce_range", {"quant_format": "QDQ", "reduce_range": True}),
@@ -51,18 +53,19 @@ SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
                     "extra_options": {"CalibPercentile": 99.999}}),
     "qop-minmax-rr-actsym": ("QOperator, reduce_range, symmetric u8 activations",
                              {"reduce_range": True, "extra_options": {"ActivationSymmetric": True}}),
-    "qop-u8w": ("QOperator, u8 act., per-channel u8 weights (u8×u8: widened to int16, exact on every x86 class)",
-                {"weight_type": "QUInt8"}),
-    "qop-minmax-fpstem": ("QOperator, s8 weights, stem convolution left in float32 (the image is not quantized)",
-                          {"nodes_to_exclude": [STEM]}),
-    "qop-minmax-rr-fpstem": ("same, reduce_range", {"reduce_range": True, "nodes_to_exclude": [STEM]}),
-    "qop-u8w-fpstem": ("QOperator, u8 weights, stem in float32", {"weight_type": "QUInt8", "nodes_to_exclude": [STEM]}),
+    "qop-u8w": ("QOperator, per-channel u8 weights (symmetric, zero point 128: onnxruntime runs them as s8, "
+                "same kernels and numbers)", {"weight_type": "QUInt8"}),
+    "qop-minmax-fpstem": ("QOperator, s8 weights, the image's convolution left in float32 (fracdet's scheme)",
+                          {"float_image_convs": True}),
+    "qop-minmax-rr-fpstem": ("same, reduce_range", {"reduce_range": True, "float_image_convs": True}),
+    "qop-u8w-fpstem": ("QOperator, u8 weights, stem in float32", {"weight_type": "QUInt8", "float_image_convs": True}),
     "qop-minmax-fpends": ("QOperator, s8 weights, stem and classifier head in float32",
                           {"nodes_to_exclude": [STEM, *HEAD]}),
     "qop-entropy-rr": ("QOperator, reduce_range, Entropy ranges (slow)",
                        {"reduce_range": True, "calibrate_method": "Entropy"}),
 }
-DEFAULT_SCHEMES = "qop-minmax,qop-minmax-rr,qdq-minmax,qdq-minmax-rr,qop-pct-rr,qop-minmax-rr-actsym"
+DEFAULT_SCHEMES = ("qop-minmax,qop-minmax-rr,qdq-minmax,qop-pct-rr,qop-minmax-rr-actsym,qop-minmax-fpstem,"
+                   "qop-minmax-rr-fpstem,qop-minmax-fpends")
 
 
 def _settings(raw: dict[str, Any]) -> dict[str, Any]:

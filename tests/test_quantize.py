@@ -82,6 +82,10 @@ def test_quantized_artifact_round_trip_and_auto_backend(samples, tmp_path):
     assert loaded.int8["checks"] == report["checks"]  # survives the file
     graph = onnx.load_from_string(loaded.int8_onnx)
     assert any(n.op_type == "QLinearConv" for n in graph.graph.node)  # really int8
+    from fracdet.quantize import image_convs
+
+    stem = image_convs(onnx.load_from_string(art.float32_graph()))
+    assert len(stem) == 1 and image_convs(graph) == stem  # the image is convolved in float32, not rounded to 8 bits
 
     files = [s.path for s in samples[:8]]
     fast, ref = load_model(path), load_model(path, backend="onnx")
