@@ -151,3 +151,11 @@ def test_api_records_name_only_export(db_url, predictor, tmp_path, capsys):
     assert main(["records", "export", "--db", db_url, "--out", str(dest)]) == 0
     assert "only their file name is known" in capsys.readouterr().err
     assert dest.read_text().splitlines()[1] == f"{img.name},fractured,"
+
+
+def test_records_cli_needs_an_existing_sqlite_file(tmp_path, capsys):
+    from fracdet.cli import main
+
+    missing = tmp_path / "none.sqlite"
+    assert main(["records", "stats", "--db", f"sqlite:///{missing}"]) == 2
+    assert "no record database" in capsys.readouterr().err and not missing.exists()

@@ -24,9 +24,18 @@ def add_records(sub: Any) -> None:
 
 
 def _db(a: argparse.Namespace) -> str:
+    """The URL; a SQLite file must exist already (reading the record never creates one)."""
+    from pathlib import Path
+
+    from fracdet.errors import FracdetError
     from fracdet.serve.settings import DEFAULT_DB
 
-    return a.db or DEFAULT_DB
+    url = a.db or DEFAULT_DB
+    if url.startswith("sqlite:///"):
+        file = url[len("sqlite:///"):].split("?", 1)[0]
+        if file and file != ":memory:" and not Path(file).is_file():
+            raise FracdetError(f"{file}: no record database there (fracdet serve writes one; give --db URL)")
+    return url
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
