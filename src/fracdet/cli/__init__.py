@@ -20,8 +20,8 @@ from fracdet.cli.predict import add_predict
 from fracdet.cli.quantize import add_quantize
 from fracdet.cli.train import add_train
 from fracdet.cli.upgrade import add_upgrade
-from fracdet.cli_records import add_records
-from fracdet.cli_serve import add_serve
+from fracdet.cli.records import add_records
+from fracdet.cli.serve import add_serve
 
 log = logging.getLogger("fracdet")
 
