@@ -159,3 +159,19 @@ def test_records_cli_needs_an_existing_sqlite_file(tmp_path, capsys):
     missing = tmp_path / "none.sqlite"
     assert main(["records", "stats", "--db", f"sqlite:///{missing}"]) == 2
     assert "no record database" in capsys.readouterr().err and not missing.exists()
+
+
+def test_cli_predict_record_writes_every_readable_file(db_url, tmp_path):
+    from fracdet.cli import main
+    from fracdet.serve.records import open_store
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert main(["predict", str(SAMPLES / "fractured"), str(bad), "--record", "--db", db_url, "--quiet",
+                 "--out", str(tmp_path / "rows.csv")]) == 1  # the bad file is an error row, not a record
+    rows = list(csv.DictReader(open(tmp_path / "rows.csv")))
+    store = open_store(db_url)
+    assert store.count() == 4
+    by_name = {Path(r["path"]).name: float(r["probability"]) for r in rows if r["probability"]}
+    for rec in (store.prediction(i) for i in range(1, 5)):
+        assert abs(rec.probability - by_name[rec.file_name]) < 1e-6 and len(rec.model_sha256) == 64

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from fracdet.cli.options import add_backend_option, add_model_option
 
+log = logging.getLogger(__name__)
+
 
 def _window_arg(text: str) -> int | None:
     if text.strip().lower() in ("none", "off", "minmax", "min-max"):
@@ -67,6 +69,12 @@ def add_predict(sub: Any) -> None:
     s.add_argument("--study-map", metavar="CSV",
                    help="CSV with 'path' and 'study' columns (a dataset manifest with a 'study' "
                    "column works) grouping non-DICOM images into studies")
+    r = p.add_argument_group("records")
+    r.add_argument("--record", action="store_true",
+                   help="record every successful prediction (file SHA-256, DICOM UIDs, model and its SHA-256, "
+                   "probability, verdict, thresholds; never pixels) in the records database (see fracdet records)")
+    r.add_argument("--db", metavar="URL", help="records database, a SQLAlchemy URL (default sqlite:///records.sqlite; "
+                   "postgresql://... needs fracdet[serve])")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -104,6 +112,12 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             studies = group_by_study(rows, a.study_agg, study_map, predictor.decision)
             for study in studies:
                 writer.add(study)
+    if a.record and rows:
+        from fracdet.serve.records import record_predictions
+        from fracdet.serve.settings import DEFAULT_DB, model_name_of
+
+        ids = record_predictions(a.db or DEFAULT_DB, rows, predictor, model_name=model_name_of(a.model))
+        log.info("recorded %d prediction(s) in %s", len(ids), a.db or DEFAULT_DB)
     if not a.quiet:
         if a.by_study:
             _print_studies(studies)
