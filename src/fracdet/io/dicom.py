@@ -512,11 +512,13 @@ def _open(path: str | Path, opts: DicomOptions | None,
     if p.is_dir():
         raise _error(p, "is a folder, not an image file")
     try:
-        regular = stat.S_ISREG(os.stat(p).st_mode)
+        st = os.stat(p)
     except OSError as exc:
         raise _error(p, f"cannot open file ({exc.strerror or exc})") from None
-    if not regular:  # a FIFO would block the read forever
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
         raise _error(p, "not a regular file (a named pipe, socket or device)")
+    if st.st_size == 0:
+        raise _error(p, "empty file (0 bytes)")
     ds = _read_dataset(p, limit)
     meta: dict[str, Any] = _header_meta(ds)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)

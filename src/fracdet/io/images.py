@@ -33,6 +33,7 @@ import contextvars
 import logging
 import math
 import os
+import re
 import stat
 import threading
 import warnings
@@ -339,8 +340,10 @@ def _open(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict
     except UnidentifiedImageError:
         raise ImageReadError(p, _unidentified_reason(p, head)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)) / 1e6:.1f} Mpx" if claimed else "header size"
         raise ImageReadError(
-            p, f"image too large ({_one_line(exc)}; set {MAX_PIXELS_ENV} to raise the limit)"
+            p, f"image too large ({size}; the limit is {limit / 1e6:g} Mpx, set {MAX_PIXELS_ENV} to raise it)"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageReadError(p, f"corrupt image data ({_one_line(exc)})") from None
@@ -488,6 +491,9 @@ def _read_pil(p: Path, min_size: int | None, head: bytes) -> XRay:
     pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
     if pixels.ndim != 2:
         raise ImageReadError(p, f"unsupported pixel layout (array shape {pixels.shape})")
+    if meta.get("truncated") and pixels.size and float(pixels.min()) == float(pixels.max()):
+        # Pillow's truncated mode fills what it cannot decode: a uniform result means nothing was
+        raise ImageReadError(p, "corrupt or truncated image data (nothing could be decoded)")
     w, h = meta.pop("stored_size")
     swapped = orientation in (5, 6, 7, 8)
     meta.update(
