@@ -59,6 +59,19 @@ class TrainConfig:
     limit_val_batches: float = 1.0
     progress: bool = True
 
+    def validate(self) -> None:
+        """Refuse, before any data is read or an epoch trained, settings that would otherwise
+        fail only later (a bad ``--unfreeze-from`` after phase 1, ``--accelerator gpu`` without
+        a GPU inside Lightning): a one-line :class:`~fracdet.errors.FracdetError`."""
+        from fracdet.errors import FracdetError
+        from fracdet.models.registry import get_spec
+
+        spec = get_spec(self.model)
+        if self.unfreeze_from is not None and self.unfreeze_from not in spec.stages:
+            raise FracdetError(f"--unfreeze-from: unknown stage {self.unfreeze_from!r} for {spec.name}; "
+                               f"stages: {', '.join(spec.stages)}")
+        _check_accelerator(str(self.accelerator))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["fractions"] = list(self.fractions)
@@ -73,3 +86,25 @@ class TrainConfig:
         if "fractions" in kw:
             kw["fractions"] = tuple(kw["fractions"])
         return cls(**kw)
+
+
+def _check_accelerator(name: str) -> None:
+    """``name`` is a Lightning accelerator that this machine has (``auto`` always is)."""
+    from fracdet.errors import FracdetError
+
+    key = name.lower()
+    if key in ("auto", "cpu"):
+        return
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    known = sorted(AcceleratorRegistry.available_accelerators())
+    if key != "gpu" and key not in known:
+        raise FracdetError(f"--accelerator: unknown accelerator {name!r}; choose from auto, gpu, {', '.join(known)}")
+    candidates = ["cuda", "mps"] if key == "gpu" else [key]
+    try:
+        present = any(AcceleratorRegistry[c]["accelerator"].is_available() for c in candidates if c in known)
+    except Exception:  # an accelerator whose probe fails is not available
+        present = False
+    if not present:
+        raise FracdetError(f"--accelerator {name}: no {name} is available on this machine "
+                           "(use --accelerator cpu or auto)")

@@ -273,6 +273,7 @@ def prepare_data(cfg: TrainConfig) -> Dataset:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run both phases and write the run folder; returns the artifact path (rank 0)."""
+    cfg.validate()  # a bad stage name or a missing GPU: refused now, not after phase 1
     run_dir = _run_dir(cfg)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)

@@ -54,24 +54,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fracdet`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``fracdet`` console script.
+
+    Every failure is one line on stderr and exit status 2: ``error: <file>: <reason>`` for
+    fracdet's own errors, ``error: <command>: <Type>: <reason>`` for anything unexpected.
+    ``--debug`` (anywhere on the line) or ``FRACDET_DEBUG=1`` also prints the traceback."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list or os.environ.get("FRACDET_DEBUG", "") not in ("", "0")
+    args_list = [a for a in args_list if a != "--debug"]
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (also FRACDET_DEBUG=1)")
+    args = parser.parse_args(args_list)
     _setup_logging(args.verbose)
     from fracdet.errors import FracdetError
+
+    def fail(line: str) -> int:
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {' '.join(line.splitlines())}", file=sys.stderr)
+        return 2
 
     try:
         return int(args.func(args) or 0)
     except FracdetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as exc:
-        if os.environ.get("FRACDET_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        if exc.filename is not None and exc.strerror:
+            return fail(f"{exc.filename}: {exc.strerror}")
+        return fail(str(exc) or type(exc).__name__)
+    except ValueError as exc:
+        return fail(str(exc) or type(exc).__name__)
+    except Exception as exc:  # a bug or a library failure: still one line, the traceback on request
+        reason = " ".join(str(exc).split()) or "(no message)"
+        hint = "" if debug else " (--debug shows the traceback)"
+        return fail(f"fracdet {args.command}: {type(exc).__name__}: {reason}{hint}")
 
 
 def entry() -> int:
