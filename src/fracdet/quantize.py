@@ -35,7 +35,7 @@ CALIBRATION_IMAGES = 256
 
 # Chosen on the default model's validation split with benchmarks/int8_settings.py (README,
 # "Speed"): leaving the convolution that reads the image in float32 cut the mean |Δp| from
-# 0.061 to 0.039 on AVX-512 VNNI and from 0.084 to 0.055 on (emulated) AVX2.  7-bit weights
+# 0.061 to 0.039 on AVX-512 VNNI and from 0.081 to 0.053 on (emulated) AVX2.  7-bit weights
 # (reduce_range), which cannot saturate the AVX2 / AVX-512-without-VNNI int16 pair sums and so
 # compute the same integers everywhere, doubled the drift (0.126) and cost 0.02 AUROC: not used;
 # the drift is judged per int8 kernel class instead (fracdet.inference.backends.int8_decision).
