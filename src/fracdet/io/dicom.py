@@ -506,6 +506,18 @@ def display_pixels(
 def _open(path: str | Path, opts: DicomOptions | None,
           limit: int | None = None) -> tuple[Path, Any, dict[str, Any], str, int]:
     p = Path(path)
+    try:
+        return _open_checked(p, opts, limit)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise _error(p, "DICOM file too large to read") from None
+    except Exception as exc:  # pydicom converts elements lazily: a hostile value fails here
+        raise _error(p, f"corrupt DICOM file ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _open_checked(p: Path, opts: DicomOptions | None,
+                  limit: int | None) -> tuple[Path, Any, dict[str, Any], str, int]:
     opts = opts or get_options()
     if not p.exists():
         raise _error(p, "broken symbolic link or symbolic link loop" if p.is_symlink() else "file not found")
