@@ -155,8 +155,22 @@ def _int8_lines(q: dict[str, Any]) -> list[str]:
              agreement(c, f"check on {c.get('on', 'held-out images')}")]
     if q.get("test"):
         lines.append(agreement(q["test"], "test split"))
+    where = q.get("measured_on") or {}
+    lines.append(f"- measured on {where.get('cpu', 'an unrecorded CPU')} (onnxruntime int8 kernel class "
+                 f"{where.get('kernel_class', 'unknown')}); int8 kernels differ by CPU, so `--backend auto` "
+                 "judges int8 only by a check measured on the running CPU's class")
+    checks = q.get("checks") or {}
+    for kernel in sorted(checks):
+        e = checks[kernel]
+        lines.append(f"  - {kernel}: |Δp| mean {e.get('mean_abs_diff', float('nan')):.3f}, p99 "
+                     f"{e.get('p99_abs_diff', float('nan')):.3f} on {e.get('on', 'held-out images')} — "
+                     + ("accepted" if e.get("accepted") else "outside the tolerance")
+                     + f" ({(e.get('measured_on') or {}).get('cpu', 'unrecorded CPU')})")
+    accepted = sorted(k for k, e in checks.items() if e.get("accepted"))
     lines.append(f"- {q.get('reason', '')} (tolerance {q.get('tolerance')}); "
-                 + ("`fracdet predict` uses it by default (`--backend onnx` gives float32)" if q.get("accepted")
+                 + (f"`fracdet predict` uses int8 by default on CPUs of class {', '.join(accepted)} "
+                    "(`--backend onnx` gives float32); elsewhere float32 until "
+                    "`fracdet quantize DATA --model M --out M2 --recheck` measures it there" if accepted
                     else "predictions use float32 unless `--backend int8` is asked for"))
     return lines + [""]
 
