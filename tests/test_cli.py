@@ -107,3 +107,16 @@ def test_shared_cli_choices_match_the_library():
 
     assert LAYOUT_CHOICES == ("auto", *LAYOUTS)
     assert BACKEND_CHOICES == BACKENDS
+
+
+def test_a_light_install_is_told_which_extra_to_add(monkeypatch, capsys):
+    import fracdet.cli.train as cli_train
+
+    def missing(_args):
+        raise ModuleNotFoundError("No module named 'lightning'", name="lightning")
+
+    monkeypatch.setattr(cli_train, "_cmd_train", missing)  # bound when main builds its parser
+    assert main(["train", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: fracdet train needs lightning, which this install lacks: "
+                           "pip install 'fracdet[train]'")

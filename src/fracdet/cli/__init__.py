@@ -24,6 +24,11 @@ from fracdet.cli.records import add_records
 from fracdet.cli.serve import add_serve
 
 log = logging.getLogger("fracdet")
+TRAIN_MODULES = {name: "train" for name in ("torch", "torchvision", "timm", "lightning", "torchmetrics", "sklearn",
+                                            "matplotlib", "scipy", "onnx", "pytorch_grad_cam", "tensorboard")}
+TRAIN_MODULES.update({"pydicom": "dicom", "pylibjpeg": "dicom", "fastapi": "serve", "uvicorn": "serve",
+                      "sqlalchemy": "serve", "alembic": "serve"})
+"""Third-party modules of the optional extras, and the extra that brings each."""
 
 
 def _setup_logging(verbose: int) -> None:
@@ -84,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # a light install (no `train` extra) asked for training-side work
+        missing = (exc.name or "").split(".")[0]
+        extra = TRAIN_MODULES.get(missing)
+        if extra:
+            return fail(f"fracdet {args.command} needs {missing}, which this install lacks: "
+                        f"pip install 'fracdet[{extra}]'")
+        return fail(f"fracdet {args.command}: {exc}")
     except OSError as exc:
         if exc.filename is not None and exc.strerror:
             return fail(f"{exc.filename}: {exc.strerror}")
