@@ -69,6 +69,19 @@ def add_predict(sub: Any) -> None:
     s.add_argument("--study-map", metavar="CSV",
                    help="CSV with 'path' and 'study' columns (a dataset manifest with a 'study' "
                    "column works) grouping non-DICOM images into studies")
+    e = p.add_argument_group("engine (archive scale)")
+    e.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default: this process) or ray (Ray Data, needs fracdet[ray]: PATHs may also be "
+                   "CSV/Parquet manifests with a 'path' column or URIs pyarrow reads; --out is a folder of "
+                   "Parquet shards; see docs/scale.md)")
+    e.add_argument("--address", metavar="auto|ray://HOST:PORT",
+                   help="Ray cluster to join (default: start a local Ray on this machine)")
+    e.add_argument("--workers", type=int, metavar="N",
+                   help="Ray actors, one model each (default: the cluster's CPUs less one, left for reading)")
+    e.add_argument("--resume", action="store_true",
+                   help="with --engine ray: skip the inputs already in --out's shards")
+    e.add_argument("--csv", action="store_true",
+                   help="with --engine ray: also write OUT/predictions.csv (and OUT/studies.csv with --by-study)")
     r = p.add_argument_group("records")
     r.add_argument("--record", action="store_true",
                    help="record every successful prediction (file SHA-256, DICOM UIDs, model and its SHA-256, "
@@ -79,6 +92,11 @@ def add_predict(sub: Any) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
+    if a.engine == "ray":
+        return _cmd_predict_ray(a)
+    if a.address or a.workers or a.resume or a.csv:
+        print("error: --address, --workers, --resume and --csv go with --engine ray", file=sys.stderr)
+        return 2
     from fracdet.io.dicom import DicomOptions
     from fracdet.io.images import iter_image_files
     from fracdet.inference import group_by_study, load_model, read_study_map
@@ -131,6 +149,29 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         n_files = len({r.path for r in rows})
         print(f"{bad} of {n_files} file(s) could not be read (see the error column)", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _cmd_predict_ray(a: argparse.Namespace) -> int:
+    """``--engine ray``: the batch on Ray Data (fracdet.batch), rows in Parquet shards under --out."""
+    from fracdet.batch.engine import RayPlan, run_ray_predict
+
+    if not a.out:
+        print("error: --engine ray needs --out DIR (a folder for the Parquet shards)", file=sys.stderr)
+        return 2
+    if a.tta or a.heatmaps is not None or a.record or a.backend == "torch":
+        print("error: --engine ray runs the onnxruntime path only (no --tta, --heatmaps, --record, --backend torch)",
+              file=sys.stderr)
+        return 2
+    if a.workers is not None and a.workers < 1:
+        print("error: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    return run_ray_predict(RayPlan(
+        sources=a.paths, out=Path(a.out), model=a.model, backend=a.backend, address=a.address, workers=a.workers,
+        resume=a.resume, csv=a.csv, by_study=a.by_study, study_agg=a.study_agg, study_map=a.study_map,
+        batch_size=a.batch_size, force=a.force, dicom_window=a.dicom_window,
+    ))
 
 
 def _shown_path(r: Any) -> str:
