@@ -30,7 +30,7 @@ the same ITU-R 601 weights as other images. PALETTE COLOR and other interpretati
 are refused unless forced (palette images are then expanded through their colour LUT).
 
 **Limits.** Rows×Columns of a frame is checked against the pixel limit
-(:func:`fracdet.io.images.max_pixels`: ``max_pixels`` argument, ``$FRACDET_MAX_PIXELS``, 100 Mpx)
+(:func:`fracdet.io.limits.max_pixels`: ``max_pixels`` argument, ``$FRACDET_MAX_PIXELS``, 100 Mpx)
 from a header read that stops before the pixel data, so a file claiming a huge frame is
 refused before its pixel data is read or decoded. FIFOs, sockets and devices are refused
 without being opened.
@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from fracdet.errors import ImageReadError
-from fracdet.io.images import check_pixel_limit
+from fracdet.io.limits import check_pixel_limit
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
@@ -601,7 +601,7 @@ def read_dicom(path: str | Path, min_size: int | None = None,
 
     ``min_size`` is accepted for the reader-registry signature; DICOM is always decoded
     at full resolution. Options default to those set with :func:`dicom_options`;
-    ``max_pixels``: the per-frame pixel limit (default :func:`fracdet.io.images.max_pixels`).
+    ``max_pixels``: the per-frame pixel limit (default :func:`fracdet.io.limits.max_pixels`).
     """
     opts = options or get_options()
     p, ds, meta, photometric, frames = _open(path, opts, max_pixels)

@@ -29,7 +29,6 @@ become the same one-line :class:`~fracdet.errors.ImageReadError`.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import os
@@ -46,6 +45,14 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fracdet.errors import ImageReadError
+from fracdet.io.limits import (  # noqa: F401  (re-exported: the limit is part of reading images)
+    _LIMIT,
+    _positive,
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    check_pixel_limit,
+    max_pixels,
+)
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
@@ -74,43 +81,6 @@ DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic"})
 
 _HEAD_BYTES = 132
 
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Largest image (or DICOM frame) read, in pixels, unless ``$FRACDET_MAX_PIXELS`` or a
-``max_pixels`` argument says otherwise: 100 Mpx, ~10000×10000 — above any radiograph
-(a 43×43 cm detector at 100 µm is 18 Mpx), below what makes a 2-core machine swap
-(100 Mpx decode to 400 MB of float32)."""
-MAX_PIXELS_ENV = "FRACDET_MAX_PIXELS"
-_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("fracdet_max_pixels", default=None)
-
-
-def max_pixels(override: int | None = None) -> int:
-    """The pixel limit in effect: ``override`` if given, else the one :func:`read_image` is
-    applying (its ``max_pixels`` argument), else ``$FRACDET_MAX_PIXELS`` (an integer, ``1e8``
-    allowed), else :data:`DEFAULT_MAX_PIXELS`."""
-    if override is None:
-        override = _LIMIT.get()
-    if override is not None:
-        return _positive(override)
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(float(raw))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        from fracdet.errors import FracdetError
-
-        raise FracdetError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
-    return value
-
-
-def _positive(n: int) -> int:
-    if int(n) <= 0:
-        raise ValueError(f"max_pixels must be a positive number of pixels, got {n}")
-    return int(n)
-
-
 def _sync_pillow(limit: int) -> None:
     """Pillow's own bomb check (a warning above ``MAX_IMAGE_PIXELS``, an error above twice
     that) must not refuse what ``limit`` allows; it is only ever raised here (the global is
@@ -118,22 +88,6 @@ def _sync_pillow(limit: int) -> None:
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < limit:
         Image.MAX_IMAGE_PIXELS = limit
-
-
-def check_pixel_limit(path: str | Path, width: int, height: int, frames: int = 1,
-                      limit: int | None = None) -> None:
-    """Raise :class:`ImageReadError` when one ``width``×``height`` image (each of
-    ``frames`` frames) exceeds the pixel limit (:func:`max_pixels`) — called with header
-    values, before any pixel is decoded."""
-    limit = max_pixels(limit)
-    w, h = int(width), int(height)
-    if w < 0 or h < 0 or w * h > limit:
-        what = "frame" if frames > 1 else "image"
-        raise ImageReadError(
-            path,
-            f"{what} too large ({w}x{h} = {w * h / 1e6:.1f} Mpx; the limit is {limit / 1e6:g} Mpx, "
-            f"set {MAX_PIXELS_ENV} to raise it)",
-        )
 
 
 _sync_pillow(DEFAULT_MAX_PIXELS)
