@@ -238,7 +238,7 @@ def test_explain_survives(batch, model_path, tmp_path, capsys):
 
 def test_audit_survives(tmp_path, capsys):
     root = tmp_path / "data"
-    expect = build_hostile(root, fifo=False, loop=False)  # those two: see the xfail tests below
+    expect = build_hostile(root, fifo=False, loop=False)  # those two: see the tests below
     report = tmp_path / "audit.json"
     code = main(["audit", str(root), "--json", str(report), "--no-cache"])
     captured = capsys.readouterr()
@@ -269,8 +269,6 @@ def test_evaluate_survives(tmp_path, model_path, capfd):  # capfd: skip lines go
         assert f"{rel}:" in log, rel
 
 
-@pytest.mark.xfail(strict=True, reason="data/hashing.py fingerprint_file reads a FIFO's bytes before read_image "
-                   "checks the file kind, so the audit blocks forever: needs a regular-file check there (issue 14)")
 def test_audit_does_not_block_on_a_fifo(tmp_path):
     import subprocess
     import sys
@@ -288,8 +286,6 @@ def test_audit_does_not_block_on_a_fifo(tmp_path):
     assert proc.returncode in (0, 1) and "named pipe" in proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="data/audit.py _non_image_files calls DirEntry.is_file(), which raises "
-                   "OSError (ELOOP) on a symlink loop, so the audit stops (one line, exit 2): needs a fix there")
 def test_audit_with_a_symlink_loop(tmp_path, capsys):
     root = tmp_path / "data"
     for label, folder in ((1, "fractured"), (0, "not_fractured")):
@@ -302,8 +298,6 @@ def test_audit_with_a_symlink_loop(tmp_path, capsys):
     assert code in (0, 1), err
 
 
-@pytest.mark.xfail(strict=True, reason="data/layouts.py Dataset.fingerprint calls Path.resolve(), which raises "
-                   "RuntimeError on a symlink loop, so evaluate stops (one line, exit 2): needs a fix there (issue 14)")
 def test_evaluate_with_a_symlink_loop(tmp_path, model_path, capsys):
     root = tmp_path / "data"
     for label, folder in ((1, "fractured"), (0, "not_fractured")):

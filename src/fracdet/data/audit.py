@@ -442,7 +442,11 @@ def _non_image_files(samples: list[Sample]) -> list[str]:
         except OSError:
             continue
         for e in entries:
-            if e.is_file() and not e.name.startswith(".") and not is_image_file(e.name) \
+            try:
+                regular = e.is_file()
+            except OSError:  # a symbolic link loop: the readers report it, not this listing
+                continue
+            if regular and not e.name.startswith(".") and not is_image_file(e.name) \
                     and not e.name.lower().endswith((".csv", ".md", ".txt", ".json")):
                 out.append(os.path.join(folder, e.name))
     return out

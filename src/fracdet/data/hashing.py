@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sqlite3
 import warnings
 from collections.abc import Iterable, Iterator
@@ -119,6 +120,11 @@ def fingerprint_file(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     try:
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            kind = "a named pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+            return {"sha1": None, "size": None, "ok": False, "error": f"{p}: not a regular file ({kind})",
+                    "error_kind": "corrupt"}
         data = p.read_bytes()
     except FileNotFoundError:
         return {"sha1": None, "size": None, "ok": False, "error": f"{p}: file not found", "error_kind": "missing"}

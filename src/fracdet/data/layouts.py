@@ -100,7 +100,7 @@ class Dataset:
         for s in sorted(self.samples, key=lambda s: str(s.path)):
             try:
                 rel = Path(s.path).resolve().relative_to(self.root.resolve())
-            except ValueError:
+            except (ValueError, RuntimeError, OSError):  # outside the root, or a symbolic link loop
                 rel = Path(Path(s.path).name)
             h.update(f"{rel.as_posix()}\t{s.label}\n".encode())
         return h.hexdigest()[:16]
