@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[train,dicom,serve,ray,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,dicom,serve,ray,dicomnode,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

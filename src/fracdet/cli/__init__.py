@@ -22,6 +22,7 @@ from fracdet.cli.train import add_train
 from fracdet.cli.upgrade import add_upgrade
 from fracdet.cli.records import add_records
 from fracdet.cli.serve import add_serve
+from fracdet.cli.dicomnode import add_dicomnode
 
 log = logging.getLogger("fracdet")
 TRAIN_MODULES = {name: "train" for name in ("torch", "torchvision", "timm", "lightning", "torchmetrics", "sklearn",
@@ -41,7 +42,7 @@ def _setup_logging(verbose: int) -> None:
 
 COMMANDS: list[Callable[[Any], None]] = [add_train, add_evaluate, add_predict, add_explain, add_audit, add_split,
                                          add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info,
-                                         add_serve, add_records]
+                                         add_serve, add_records, add_dicomnode]
 
 
 def build_parser() -> argparse.ArgumentParser:
