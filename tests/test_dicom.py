@@ -335,6 +335,24 @@ def test_500_frames_are_decoded_one_at_a_time(tmp_path, monkeypatch):
         frames[n]
 
 
+def test_predicting_500_frames_keeps_only_the_small_inputs(tmp_path, predictor):
+    import tracemalloc
+
+    n, h, w = 500, 256, 256
+    p = _multiframe(tmp_path / "cine.dcm", n, h, w)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        rows = list(predictor.predict_paths([p], batch_size=8))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(rows) == n and all(r.ok for r in rows) and [r.meta["frame"] for r in rows[:3]] == [0, 1, 2]
+    stored = n * h * w * 2  # the file's 16-bit pixel data, which pydicom holds while the file is read: 66 MB
+    all_frames = n * h * w * 4  # every frame's full pixels as float32: 131 MB
+    assert peak < stored + all_frames / 8, f"peak {peak / 1e6:.1f} MB: full frames are kept while predicting"
+
+
 def test_dicom_pixel_limit_checked_from_the_header(tmp_path, monkeypatch, predictor):
     p = _multiframe(tmp_path / "cine.dcm", 3, 128, 128)
     assert len(read_frames(p, max_pixels=128 * 128)) == 3  # the limit is per frame, not per file

@@ -34,6 +34,7 @@ from fracdet.operating import Decision
 from fracdet.transforms import build_transforms
 
 log = logging.getLogger(__name__)
+_NO_PIXELS = np.zeros((0, 0), np.float32)  # a prediction keeps its image's path and meta, not its pixels
 TORCH_BACKEND = "fracdet.models.torch_backend"  # imported by name: see the module docstring
 EXPLAIN = "fracdet.explain"
 
@@ -138,7 +139,6 @@ class Predictor:
 
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 8,
-        on_result: Callable[[Prediction], None] | None = None,
         dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "gradcam",
     ) -> Iterator[Prediction]:
         """Stream predictions for files and folders (recursively), in batches, in input
@@ -166,31 +166,32 @@ class Predictor:
             queue.clear()
             return out
 
-        def load(path: Path) -> list[tuple[XRay, np.ndarray]] | Prediction:
-            """The file's resized 1×S×S images (normalised per batch by ``flush``) or its error row."""
+        def load(path: Path) -> Iterator[tuple[XRay, np.ndarray] | Prediction]:
+            """The file's resized 1×S×S images, frame by frame (normalised per batch by
+            ``flush``), or its error row.  Only the small resized image is kept per frame (and
+            the full pixels when heatmaps need them), so a 500-frame file does not pile up."""
+            caught: list[warnings.WarningMessage] = []
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    xrays = self._read(path, size, dicom)
+                    for x in self._read(path, size, dicom):  # DICOM frames decode one at a time
+                        prepared = self.transform.prepare(x.pixels)
+                        yield (x if heatmaps else XRay(_NO_PIXELS, x.path, x.meta)), prepared
+            except ImageReadError as exc:
+                yield self._error_row(path, exc.reason, exc)
+            except FracdetError as exc:
+                yield self._error_row(path, str(exc), exc)
+            finally:
                 for w in caught:
                     log.warning("%s", w.message)
-                return [(x, self.transform.prepare(x.pixels)) for x in xrays]
-            except ImageReadError as exc:
-                return self._error_row(path, exc.reason, exc)
-            except FracdetError as exc:
-                return self._error_row(path, str(exc), exc)
 
-        for loaded in map(load, iter_image_files(paths)):
-            if isinstance(loaded, Prediction):
-                queue.append(loaded)
-                prepared = []
-            else:
-                prepared = loaded
-            if not prepared and n_ready == 0:
-                yield from flush()  # nothing waiting: report the error now
-                continue
-            for item in prepared:
+        for path in iter_image_files(paths):
+            for item in load(path):
                 queue.append(item)
+                if isinstance(item, Prediction):
+                    if n_ready == 0:
+                        yield from flush()  # nothing waiting: report the error now
+                    continue
                 n_ready += 1
                 if n_ready >= batch_size:
                     yield from flush()
