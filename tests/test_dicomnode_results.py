@@ -1,0 +1,92 @@
+"""The DICOM node's results without a network: ``write_results`` on pydicom-data's CR and a CR
+made from a FracAtlas film (TID 1500 SR + secondary captures), and the node's small parsers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optional import missing_optional
+
+try:
+    import highdicom  # noqa: F401
+    import pydicom
+except ImportError:  # pragma: no cover - a light install
+    pydicom = None
+
+from dicomnode_helpers import SAMPLES, cr_from_jpeg
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    if pydicom is None:
+        missing_optional("highdicom not installed (pip install 'fracdet[dicomnode]')")
+    from fracdet.inference import load_model
+
+    return load_model()
+
+
+def test_write_results_sr_and_captures(tmp_path, predictor):
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from fracdet.dicomnode import write_results
+    from fracdet.inference import group_by_study
+    from fracdet.io.dicom import read_frames
+
+    made = cr_from_jpeg(SAMPLES / "fractured" / "IMG0000352.jpg", tmp_path / "made.dcm", generate_uid())
+    files = [Path(get_testdata_file("RG1_UNCR.dcm")), made]
+    before = [f.read_bytes() for f in files]
+    preds = [predictor.predict(x) for f in files for x in read_frames(f)]
+    studies = group_by_study(preds, "max", decision=predictor.decision)
+    assert len(studies) == 2
+    datasets = [pydicom.dcmread(f) for f in files]
+    written = write_results(studies, datasets, tmp_path / "out", predictor)  # pixels read again from the datasets
+    assert [f.read_bytes() for f in files] == before
+    assert sorted(p.name[:3] for p in written) == ["SC-", "SC-", "SR-", "SR-"]
+    assert not [p for p in (tmp_path / "out").rglob(".*")]  # no temporaries left
+    for study, ds in zip(studies, datasets):
+        folder = tmp_path / "out" / ds.StudyInstanceUID
+        sr = pydicom.dcmread(next(folder.glob("SR-*.dcm")))
+        sc = pydicom.dcmread(next(folder.glob("SC-*.dcm")))
+        for new in (sr, sc):
+            assert new.StudyInstanceUID == ds.StudyInstanceUID and new.SeriesInstanceUID != ds.SeriesInstanceUID
+            assert new.SOPInstanceUID != ds.SOPInstanceUID
+            assert new.PatientID == ds.PatientID and new.PatientName == ds.PatientName
+        assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "PARTIAL"
+        nums = [it for it in _walk(sr.ContentSequence) if it.ValueType == "NUM"
+                and it.ConceptNameCodeSequence[0].CodeMeaning == "Calibrated probability of fracture"]
+        assert [float(n.MeasuredValueSequence[0].NumericValue) for n in nums] == pytest.approx(
+            [study.views[0].probability, study.probability], abs=1e-6)
+        assert not [it for it in _walk(sr.ContentSequence) if it.ValueType in ("SCOORD", "SCOORD3D")]  # no boxes
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert sc.BurnedInAnnotation == "YES" and sc.pixel_array.shape[2] == 3
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)
+
+
+def test_render_marks_verdict_and_disclaimer():
+    import numpy as np
+
+    from fracdet.dicomnode.results import VERDICT_COLOURS, render_sc_pixels
+    from fracdet.inference import Prediction
+
+    pred = Prediction(path=None, probability=0.9, label="fractured", threshold=0.44, verdict="fracture")
+    rgb = render_sc_pixels(np.full((2000, 1000), 0.5, np.float32), pred)
+    assert rgb.dtype == np.uint8 and max(rgb.shape[:2]) <= 1024 + 200
+    assert tuple(rgb[1, -1]) == VERDICT_COLOURS["fracture"]
+
+
+@pytest.mark.parametrize("text", ["ORTHANC@127.0.0.1", "@host:1", "A@:1", "TOOLONGAETITLE123@h:1", "A@h:x"])
+def test_forward_destination_is_checked(text):
+    from fracdet.dicomnode.forward import parse_destination
+
+    with pytest.raises(ValueError):
+        parse_destination(text)
+    assert parse_destination("ORTHANC@127.0.0.1:4242") == ("ORTHANC", "127.0.0.1", 4242)
