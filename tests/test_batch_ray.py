@@ -143,3 +143,31 @@ def test_resume_predicts_only_new_inputs(ray_local, inputs: Path, tmp_path: Path
     assert run_ray_predict(second) == 0
     assert (second.summary["predicted"], second.summary["skipped"], second.summary["rows"]) == (len(files) - 4, 4,
                                                                                                 len(files))
+
+
+def test_actor_turns_every_failure_into_a_row(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actor without Ray: read errors and an unexpected exception in one file are rows, the rest predicted."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        missing_optional("pyarrow is not installed (the ray extra: pip install 'fracdet[ray]')")
+    from fracdet.batch.engine import PredictActor
+
+    good = sorted((inputs / "site0").rglob("*.jpg"))[:3]
+    actor = PredictActor(None, "auto", threads=1, batch_size=8)
+    real = actor.predictor.predict_paths
+
+    def flaky(files, **kw):
+        if any(Path(f).name == good[1].name for f in files):
+            raise RuntimeError("decoder crashed")
+        return real(files, **kw)
+
+    monkeypatch.setattr(actor.predictor, "predict_paths", flaky)
+    paths = [str(p) for p in good] + ["/nowhere/x.jpg"]
+    batch = pa.table({"path": paths, "bytes": pa.array([p.read_bytes() for p in good] + [None], pa.large_binary()),
+                      "read_error": [None, None, None, "file not found"]})
+    rows = actor(batch).to_pylist()
+    assert [r["path"] for r in rows] == paths
+    assert [r["error"] for r in rows] == [None, "unexpected error (RuntimeError: decoder crashed)", None,
+                                          "file not found"]
+    assert rows[0]["probability"] is not None and rows[2]["probability"] is not None

@@ -93,20 +93,35 @@ class PredictActor:
             original[str(f)] = path
             slots.append(f)
         try:
-            preds = iter(self.predictor.predict_paths(local, batch_size=self.batch_size, dicom=self.dicom))
-            pending = next(preds, None)
+            try:
+                done = self._predict(local)
+            except Exception:  # a reader bug on one file: redo file by file so only that file fails
+                done = {}
+                for f in local:
+                    try:
+                        done.update(self._predict([f]))
+                    except Exception as exc:
+                        done[str(f)] = [Prediction(path=str(f), probability=None, label=None,
+                                                   threshold=self.predictor.threshold,
+                                                   error=f"unexpected error ({type(exc).__name__}: {exc})")]
             for slot in slots:
                 if isinstance(slot, Prediction):
                     rows.append(slot.to_row())
                     continue
-                # predict_paths keeps input order: this file's rows (one per DICOM frame) come next
-                while pending is not None and pending.path == str(slot):
-                    rows.append(self._restore(pending, str(slot), original[str(slot)]))
-                    pending = next(preds, None)
+                preds = done.get(str(slot)) or [Prediction(path=str(slot), probability=None, label=None,
+                                                           threshold=self.predictor.threshold, error="no result")]
+                rows.extend(self._restore(pred, str(slot), original[str(slot)]) for pred in preds)
         finally:
             for f in local:
                 shutil.rmtree(f.parent, ignore_errors=True)
         return rows_table(rows)
+
+    def _predict(self, files: list[Path]) -> dict[str, list[Any]]:
+        """Each file's predictions (one per DICOM frame), by its temporary path."""
+        out: dict[str, list[Any]] = {}
+        for pred in self.predictor.predict_paths(files, batch_size=self.batch_size, dicom=self.dicom):
+            out.setdefault(str(pred.path), []).append(pred)
+        return out
 
     @staticmethod
     def _restore(pred: Any, tmp: str, path: str) -> dict[str, Any]:

@@ -71,6 +71,16 @@ def _local_reason(exc: OSError, path: str) -> str:
     return f"cannot open file ({exc.strerror or exc})"
 
 
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
 def read_one(path: str) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` or ``(None, reason)``; local files with open(), URIs with pyarrow.fs."""
     if is_uri(path) and not path.startswith("file://"):
@@ -88,7 +98,7 @@ def read_one(path: str) -> tuple[bytes | None, str | None]:
 
         st = os.stat(local)
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            return None, "not a regular file"
+            return None, f"not a regular file ({_file_kind(st.st_mode)})"
         with open(local, "rb") as fh:
             return fh.read(), None
     except OSError as exc:
