@@ -139,10 +139,16 @@ def test_resume_predicts_only_new_inputs(ray_local, inputs: Path, tmp_path: Path
     assert run_ray_predict(first) == 0
     assert first.summary["predicted"] == 4
     manifest.write_text("path\n" + "\n".join(files) + "\n")
-    second = RayPlan(sources=[str(manifest)], out=out, workers=1, resume=True)
+    folder_uri = (inputs / "site1").as_uri()  # a URI pyarrow lists: its 8 JPEGs
+    second = RayPlan(sources=[str(manifest), folder_uri], out=out, workers=1, resume=True)
     assert run_ray_predict(second) == 0
-    assert (second.summary["predicted"], second.summary["skipped"], second.summary["rows"]) == (len(files) - 4, 4,
-                                                                                                len(files))
+    assert (second.summary["predicted"], second.summary["skipped"], second.summary["rows"]) == (len(files) - 4 + 8, 4,
+                                                                                                len(files) + 8)
+    import pyarrow.parquet as pq
+
+    uri_rows = [r for f in sorted((out / "predictions").glob("*.parquet")) for r in pq.read_table(f).to_pylist()
+                if r["path"].startswith("file://")]
+    assert len(uri_rows) == 8 and all(r["error"] is None and r["probability"] is not None for r in uri_rows)
 
 
 def test_actor_turns_every_failure_into_a_row(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,6 +46,28 @@ def _manifest_paths(path: Path) -> list[str]:
     return [v if is_uri(v) or os.path.isabs(v) else str(base / v) for v in values]
 
 
+def _uri_files(uri: str) -> list[str]:
+    """A URI as given, or, when pyarrow says it is a folder (``s3://bucket/prefix/``), the image
+    files under it (by extension: reading every object's preamble would cost a request each)."""
+    import pyarrow.fs as pafs
+
+    from fracdet.io.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+
+    try:
+        fs, inner = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(inner)
+    except Exception:  # unknown scheme, no credentials...: reading it gives the error row
+        return [uri]
+    if info.type != pafs.FileType.Directory:
+        return [uri]
+    scheme = uri.split("://", 1)[0]
+    found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    keep = IMAGE_EXTENSIONS | DICOM_EXTENSIONS
+    names = sorted(f.path for f in found if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in keep
+                   and not any(part.startswith(".") for part in Path(f.path).relative_to(inner).parts))
+    return [f"{scheme}://{n}" for n in names]
+
+
 def list_inputs(sources: Iterable[str]) -> list[str]:
     """Every input, in order: folders walked like the local engine (:func:`iter_image_files`),
     manifests expanded, files and URIs as given (a missing file becomes an error row later)."""
@@ -54,7 +76,7 @@ def list_inputs(sources: Iterable[str]) -> list[str]:
         text = str(src)
         p = Path(text)
         if is_uri(text):
-            out.append(text)
+            out.extend(_uri_files(text))
         elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
             out.extend(_manifest_paths(p))
         else:
