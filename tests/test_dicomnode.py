@@ -61,7 +61,7 @@ def node(tmp_path_factory, orthanc, node_port, predictor):
     out = tmp_path_factory.mktemp("node-out")
     fwd = Forwarder(f"{orthanc.ae}@127.0.0.1:{orthanc.dicom_port}", out / ".outbox", retry_base_s=0.2,
                     retry_max_s=1.0)
-    n = DicomNode(predictor, out, port=node_port, forwarder=fwd, quiet_s=0.2)
+    n = DicomNode(predictor, out, port=node_port, forwarder=fwd, quiet_s=0.2, gsps=True)
     n.start(block=False)
     yield n
     n.stop()
@@ -108,7 +108,8 @@ def _upload_study(orthanc, files):
 
 def test_study_of_several_views_round_trip(tmp_path, orthanc, node, predictor):
     """Three CR views of one study (FracAtlas films made DICOM) go PACS → node → PACS: one SR
-    referencing each view with its probability, verdict and operating points, three captures."""
+    referencing each view with its probability, verdict and operating points, three captures and
+    a presentation state (--gsps) over each original."""
     from pydicom.uid import generate_uid
 
     study_uid = generate_uid()
@@ -122,13 +123,15 @@ def test_study_of_several_views_round_trip(tmp_path, orthanc, node, predictor):
 
     orthanc.store_to("fracdet", [study_id])
     _settle(node)
-    found = _wait_instances(orthanc, study_id, 3 + 3 + 1)
+    found = _wait_instances(orthanc, study_id, 3 + 3 + 3 + 1)
     datasets = [_read(orthanc, i["ID"]) for i in found]
     by_modality = {}
     for ds in datasets:
         by_modality.setdefault(str(ds.Modality), []).append(ds)
     assert len(by_modality["CR"]) == 3
-    assert len(by_modality["SR"]) == 1 and len(by_modality["OT"]) == 3
+    assert len(by_modality["SR"]) == 1 and len(by_modality["OT"]) == 3 and len(by_modality["PR"]) == 3
+    assert {pr.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            for pr in by_modality["PR"]} == set(sent_bytes)  # one presentation state per original
 
     # originals unchanged: Orthanc still holds the very bytes uploaded; no file of ours touched them
     for i in ids:
@@ -207,9 +210,9 @@ def test_jpeg2000_cr_from_pydicom_data(orthanc, node):
     study_id, _ = _upload_study(orthanc, [path])
     orthanc.store_to("fracdet", [study_id])
     _settle(node)
-    found = _wait_instances(orthanc, study_id, 3)
+    found = _wait_instances(orthanc, study_id, 4)
     modalities = sorted(str(_read(orthanc, i["ID"]).Modality) for i in found)
-    assert modalities == ["CR", "OT", "SR"]
+    assert modalities == ["CR", "OT", "PR", "SR"]
     assert path.read_bytes() == before
 
 
@@ -243,7 +246,7 @@ def test_aborted_association_leaves_nothing_half_written(tmp_path, node, node_po
     assert c_store(files, node_port) == [0, 0]
     _settle(node)
     written = sorted(p.name[:3] for p in (node.out_dir / study_uid).iterdir())
-    assert written == ["SC-", "SC-", "SR-"]
+    assert written == ["PR-", "PR-", "SC-", "SC-", "SR-"]
     assert not [p for p in (node.out_dir / study_uid).iterdir() if p.name.startswith(".")]  # no temporaries
 
 

@@ -42,9 +42,9 @@ def test_write_results_sr_and_captures(tmp_path, predictor):
     studies = group_by_study(preds, "max", decision=predictor.decision)
     assert len(studies) == 2
     datasets = [pydicom.dcmread(f) for f in files]
-    written = write_results(studies, datasets, tmp_path / "out", predictor)  # pixels read again from the datasets
+    written = write_results(studies, datasets, tmp_path / "out", predictor, gsps=True)  # pixels read again
     assert [f.read_bytes() for f in files] == before
-    assert sorted(p.name[:3] for p in written) == ["SC-", "SC-", "SR-", "SR-"]
+    assert sorted(p.name[:3] for p in written) == ["PR-", "PR-", "SC-", "SC-", "SR-", "SR-"]
     assert not [p for p in (tmp_path / "out").rglob(".*")]  # no temporaries left
     for study, ds in zip(studies, datasets):
         folder = tmp_path / "out" / ds.StudyInstanceUID
@@ -62,6 +62,12 @@ def test_write_results_sr_and_captures(tmp_path, predictor):
         assert not [it for it in _walk(sr.ContentSequence) if it.ValueType in ("SCOORD", "SCOORD3D")]  # no boxes
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
         assert sc.BurnedInAnnotation == "YES" and sc.pixel_array.shape[2] == 3
+        pr = pydicom.dcmread(next(folder.glob("PR-*.dcm")))
+        assert pr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1" and pr.StudyInstanceUID == ds.StudyInstanceUID
+        ann = pr.GraphicAnnotationSequence[0]
+        assert ann.ReferencedImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert ann.TextObjectSequence[0].UnformattedTextValue.startswith(f"fracdet: {study.views[0].verdict.upper()}")
+        assert "GraphicObjectSequence" not in ann  # no boxes
 
 
 def _walk(items):
@@ -90,3 +96,30 @@ def test_forward_destination_is_checked(text):
     with pytest.raises(ValueError):
         parse_destination(text)
     assert parse_destination("ORTHANC@127.0.0.1:4242") == ("ORTHANC", "127.0.0.1", 4242)
+
+
+def test_a_failed_write_leaves_no_part_of_the_study(tmp_path, predictor, monkeypatch):
+    from pydicom.uid import generate_uid
+
+    from fracdet.dicomnode import results
+    from fracdet.inference import group_by_study
+    from fracdet.io.dicom import read_frames
+
+    study_uid = generate_uid()
+    files = [cr_from_jpeg(SAMPLES / "fractured" / j, tmp_path / f"{i}.dcm", study_uid, number=i)
+             for i, j in enumerate(["IMG0002303.jpg", "IMG0003342.jpg"])]
+    preds = [predictor.predict(x) for f in files for x in read_frames(f)]
+    studies = group_by_study(preds, "max", decision=predictor.decision)
+    calls = []
+    real_save = results._save
+
+    def failing_save(ds, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(ds, path)
+
+    monkeypatch.setattr(results, "_save", failing_save)
+    with pytest.raises(OSError):
+        results.write_results(studies, [pydicom.dcmread(f) for f in files], tmp_path / "out", predictor)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

@@ -51,7 +51,8 @@ def add_dicomnode(sub: Any) -> None:
     p.add_argument("--quiet", type=float, default=1.0, metavar="S",
                    help="seconds to wait after an association's release for more images of its study (default 1)")
     p.add_argument("--gsps", action="store_true",
-                   help="also write a presentation state (not implemented yet: the model gives no boxes)")
+                   help="also write a grayscale presentation state over the originals with each verdict as text "
+                   "(no boxes: the model gives none)")
     add_model_option(p)
     add_backend_option(p)
     p.set_defaults(func=_cmd_dicomnode)
@@ -71,14 +72,12 @@ def _cmd_dicomnode(args: argparse.Namespace) -> int:
     from fracdet.dicomnode.scp import DicomNode
     from fracdet.inference import load_model
 
-    if args.gsps:
-        log.warning("--gsps: not implemented yet (the model gives no boxes to annotate); SR and SC only")
     predictor = load_model(args.model, backend=args.backend)
     out = os.path.abspath(args.out)
     forwarder = Forwarder(args.forward, os.path.join(out, ".outbox"), calling_ae=args.ae_title) \
         if args.forward else None
     node = DicomNode(predictor, out, ae_title=args.ae_title, port=args.port, host=args.host,
-                     forwarder=forwarder, quiet_s=args.quiet)
+                     forwarder=forwarder, quiet_s=args.quiet, gsps=args.gsps)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     node.start(block=False)

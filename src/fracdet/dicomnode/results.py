@@ -34,6 +34,7 @@ SCHEME = "99FRACDET"
 """Private coding scheme for the concepts DICOM has no code for (operating points, verdicts)."""
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+GSPS_SERIES_NUMBER = 9903
 MANUFACTURER = "fracdet"
 VERDICT_CODES = {"fracture": ("fracture", "Fracture"), "doubt": ("doubt", "Doubt: a reader should look"),
                  "no fracture": ("no-fracture", "No fracture")}
@@ -212,6 +213,32 @@ def build_sc(prediction: Any, source: Any, pixels: np.ndarray, series_uid: str, 
     return sc
 
 
+def build_gsps(view: Any, source: Any, predictor: Any, series_uid: str, number: int) -> Any:
+    """A Grayscale Softcopy Presentation State over one original: a text annotation with the
+    verdict, probability and the research-use line (no boxes: the model gives none). One per image,
+    as a presentation state's images must share their size."""
+    from highdicom import UID
+    from highdicom.pr import GraphicAnnotation, GraphicLayer, GrayscaleSoftcopyPresentationState, TextObject
+
+    layer = GraphicLayer(layer_name="FRACDET", order=1, description="fracdet verdict (research use, unverified)")
+    text = f"fracdet: {(view.verdict or '').upper()} p={view.probability:.2f} - research use, unverified"
+    annotation = GraphicAnnotation(
+        referenced_images=[source], graphic_layer=layer,
+        text_objects=[TextObject(text_value=text, units="DISPLAY", bounding_box=(0.01, 0.01, 0.99, 0.06))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pr = GrayscaleSoftcopyPresentationState(
+            referenced_images=[source], series_instance_uid=series_uid, series_number=GSPS_SERIES_NUMBER,
+            sop_instance_uid=UID(), instance_number=number, manufacturer=MANUFACTURER,
+            manufacturer_model_name=str(predictor.artifact.architecture)[:64], software_versions=__version__,
+            device_serial_number=(predictor.artifact.sha256 or "unknown")[:64], content_label="FRACDET",
+            content_description="fracdet verdict - research use, unverified", graphic_annotations=[annotation],
+            graphic_layers=[layer])
+    pr.SeriesDescription = _desc("verdict annotation")
+    _copy_study(pr, source)
+    return pr
+
+
 def _ref_item(source: Any) -> Any:
     from pydicom.dataset import Dataset
 
@@ -229,7 +256,7 @@ def _save(ds: Any, path: Path) -> Path:
 
 def write_results(study_predictions: Iterable[Any], source_datasets: Mapping[str, Any] | Sequence[Any],
                   out_dir: str | Path, predictor: Any,
-                  pixels: Mapping[tuple[str, int], np.ndarray] | None = None) -> list[Path]:
+                  pixels: Mapping[tuple[str, int], np.ndarray] | None = None, gsps: bool = False) -> list[Path]:
     """Write each study's SR and one Secondary Capture per readable image under
     ``out_dir/<StudyInstanceUID>/`` (``SR-<uid>.dcm``, ``SC-<uid>.dcm``); return the paths.
 
@@ -246,8 +273,8 @@ def write_results(study_predictions: Iterable[Any], source_datasets: Mapping[str
     for study in study_predictions:
         folder = out / _safe(str(study.study))
         sr = build_sr(study, source_datasets, predictor)
-        sc_series = UID()
-        scs = []
+        sc_series, pr_series = UID(), UID()
+        objects: list[tuple[str, Any]] = []  # every object built before the first is written
         for view in study.views:
             ds = source_datasets.get(str(view.meta.get("sop_uid", "")))
             if ds is None or not view.ok:
@@ -256,10 +283,20 @@ def write_results(study_predictions: Iterable[Any], source_datasets: Mapping[str
             arr = (pixels or {}).get((str(ds.SOPInstanceUID), frame))
             if arr is None:
                 arr = _read_pixels(ds, frame)
-            scs.append(build_sc(view, ds, arr, sc_series, len(scs) + 1))
-        for sc in scs:  # the captures first: the SR is the last object of a study to appear
-            written.append(_save(sc, folder / f"SC-{sc.SOPInstanceUID}.dcm"))
-        written.append(_save(sr, folder / f"SR-{sr.SOPInstanceUID}.dcm"))
+            n = sum(kind == "SC" for kind, _ in objects) + 1
+            objects.append(("SC", build_sc(view, ds, arr, sc_series, n)))
+            if gsps:
+                objects.append(("PR", build_gsps(view, ds, predictor, pr_series, n)))
+        objects.append(("SR", sr))  # the SR last: the last object of a study to appear
+        done: list[Path] = []
+        try:
+            for kind, ds in objects:
+                done.append(_save(ds, folder / f"{kind}-{ds.SOPInstanceUID}.dcm"))
+        except BaseException:  # never a study's results in part
+            for p in done:
+                p.unlink(missing_ok=True)
+            raise
+        written.extend(done)
     return written
 
 

@@ -15,8 +15,8 @@ What it accepts (presentation contexts):
   a CT, say; see :data:`fracdet.io.dicom.RADIOGRAPH_MODALITIES`) is refused with status 0xA900
   and a comment. fracdet's own results sent back to it (Manufacturer "fracdet") are answered
   Success and ignored, so re-sending a whole study never feeds the node its own captures; for
-  that one reason Comprehensive 3D SR is also negotiated — any SR not made by fracdet is refused
-  (0xA900).
+  that one reason Comprehensive 3D SR and Grayscale Softcopy Presentation State are also
+  negotiated — any SR or presentation state not made by fracdet is refused (0xA900).
 
 Received images are spooled under ``OUT/.incoming`` (atomically), collected per study
 (:mod:`fracdet.dicomnode.studies`), predicted on the one inference path, and the results written
@@ -60,13 +60,15 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
-OWN_RESULT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage"}
+OWN_RESULT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage",
+                          "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State Storage"}
 """Negotiated only so that a study sent back with fracdet's own SR in it is not refused whole."""
 STATUS_NOT_RADIOGRAPH = 0xA900  # "Data Set does not match SOP Class"
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
-def process_study(predictor: Any, study_uid: str, files: list[Path], out_dir: Path) -> list[Path]:
+def process_study(predictor: Any, study_uid: str, files: list[Path], out_dir: Path,
+                  gsps: bool = False) -> list[Path]:
     """Predict a study's received files and write its results; returns the written paths."""
     import pydicom
 
@@ -90,12 +92,12 @@ def process_study(predictor: Any, study_uid: str, files: list[Path], out_dir: Pa
         log.warning("study %s: no readable image among %d; no result", study_uid, len(files))
         return []
     studies = group_by_study(preds, "max", decision=predictor.decision)
-    written = write_results(studies, datasets, out_dir, predictor, pixels=pixels)
+    written = write_results(studies, datasets, out_dir, predictor, pixels=pixels, gsps=gsps)
     for s in studies:
         prob = "n/a" if s.probability is None else f"{s.probability:.3f}"
-        log.info("study %s: %d image(s), verdict %s (p=%s, max of views); wrote SR + %d SC in %s",
+        log.info("study %s: %d image(s), verdict %s (p=%s, max of views); wrote SR + %d SC%s in %s",
                  s.study, s.n_views, s.verdict, prob, sum(p.name.startswith("SC-") for p in written),
-                 out_dir / written[0].parent.name)
+                 " + GSPS" if gsps else "", out_dir / written[0].parent.name)
     return written
 
 
@@ -104,7 +106,7 @@ class DicomNode:
     forwarded by ``forwarder`` (a :class:`~fracdet.dicomnode.forward.Forwarder`) when given."""
 
     def __init__(self, predictor: Any, out_dir: str | Path, ae_title: str = "FRACDET", port: int = 11112,
-                 host: str = "127.0.0.1", forwarder: Any = None, quiet_s: float = 1.0) -> None:
+                 host: str = "127.0.0.1", forwarder: Any = None, quiet_s: float = 1.0, gsps: bool = False) -> None:
         self.predictor = predictor
         self.out_dir = Path(out_dir)
         self.incoming = self.out_dir / ".incoming"
@@ -113,6 +115,7 @@ class DicomNode:
         self.host = host
         self.port = port
         self.forwarder = forwarder
+        self.gsps = gsps
         self.collector = StudyCollector(self._process, quiet_s=quiet_s)
         self._server: Any = None
         self._ids = itertools.count(1)
@@ -123,7 +126,7 @@ class DicomNode:
     # -- processing ------------------------------------------------------------------------
     def _process(self, study_uid: str, files: list[Path]) -> None:
         try:
-            written = process_study(self.predictor, study_uid, files, self.out_dir)
+            written = process_study(self.predictor, study_uid, files, self.out_dir, gsps=self.gsps)
             self.results.extend(written)
             if written and self.forwarder is not None:
                 self.forwarder.submit(written)
