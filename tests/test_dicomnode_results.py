@@ -123,3 +123,28 @@ def test_a_failed_write_leaves_no_part_of_the_study(tmp_path, predictor, monkeyp
     with pytest.raises(OSError):
         results.write_results(studies, [pydicom.dcmread(f) for f in files], tmp_path / "out", predictor)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_a_study_that_fails_is_kept_for_a_look(tmp_path, predictor, monkeypatch):
+    from pydicom.uid import generate_uid
+
+    from fracdet.dicomnode import results
+    from fracdet.dicomnode.scp import DicomNode
+
+    node = DicomNode(predictor, tmp_path / "out", port=0)
+    try:
+        study_uid = generate_uid()
+        spool = node.incoming / "assoc-1"
+        spool.mkdir(parents=True)
+        f = cr_from_jpeg(SAMPLES / "fractured" / "IMG0000092.jpg", spool / "a.dcm", study_uid)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("highdicom says no")
+
+        monkeypatch.setattr(results, "write_results", broken)
+        with pytest.raises(RuntimeError):
+            node._process(study_uid, [f])
+        assert (tmp_path / "out" / ".failed" / study_uid / "a.dcm").is_file()
+        assert not spool.exists() and not (tmp_path / "out" / study_uid).exists()
+    finally:
+        node.stop()

@@ -125,13 +125,21 @@ class DicomNode:
 
     # -- processing ------------------------------------------------------------------------
     def _process(self, study_uid: str, files: list[Path]) -> None:
+        """Judge one study; its received files are deleted once its results are written, or kept
+        in ``OUT/.failed/<study>/`` when that failed (to look at, or to send again)."""
+        failed = True
         try:
             written = process_study(self.predictor, study_uid, files, self.out_dir, gsps=self.gsps)
+            failed = False
             self.results.extend(written)
             if written and self.forwarder is not None:
                 self.forwarder.submit(written)
         finally:
+            keep = self.out_dir / ".failed" / _safe(study_uid)
             for p in files:
+                if failed and p.exists():
+                    keep.mkdir(parents=True, exist_ok=True)
+                    p.replace(keep / p.name)
                 p.unlink(missing_ok=True)
                 try:
                     p.parent.rmdir()
