@@ -165,9 +165,9 @@ class DicomNode:
             return
         dropped = 0
         if how == "released":
-            self.collector.release(key)
+            self.collector.release(info["n"])  # the node's own number: an object id may be reused
         else:
-            dropped = self.collector.discard(key)
+            dropped = self.collector.discard(info["n"])
         log.info("association %s from %s (%s): %d stored, %d refused, %d ignored, %s after %.1f s%s",
                  info["n"], info["ae"], info["addr"], info["stored"], info["refused"], info["ignored"], how,
                  time.monotonic() - info["start"],
@@ -201,7 +201,7 @@ class DicomNode:
         path = folder / f"{_safe(sop_uid)}.dcm"
         with atomic_path(path) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
-        self.collector.add(id(event.assoc), study_uid, path)
+        self.collector.add(info["n"], study_uid, path)
         info["stored"] += 1
         return 0x0000
 
