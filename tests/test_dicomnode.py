@@ -182,9 +182,18 @@ def test_study_of_several_views_round_trip(tmp_path, orthanc, node, predictor):
     # highdicom reads it back as a TID 1500 report
     from highdicom.sr import Comprehensive3DSR
 
-    report = Comprehensive3DSR.from_dataset(sr)
-    assert len(report.content.get_image_measurement_groups() if hasattr(report.content, "get_image_measurement_groups")
-               else groups) >= 3
+    report = Comprehensive3DSR.from_dataset(sr).content
+    hd_groups = report.get_image_measurement_groups()
+    assert len(hd_groups) == 4
+    refs = set()
+    for g in hd_groups:
+        assert g.finding_type.value == "72704001"  # SNOMED CT: Fracture
+        measured = {m.name.meaning: m.value for m in g.get_measurements()}
+        if g.source_images:
+            uid = g.source_images[0].referenced_sop_instance_uid
+            refs.add(uid)
+            assert measured["Calibrated probability of fracture"] == pytest.approx(expected[uid].probability, abs=1e-5)
+    assert refs == set(originals)
 
     for sc in by_modality["OT"]:
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
