@@ -25,10 +25,11 @@ from fracdet.cli.serve import add_serve
 from fracdet.cli.dicomnode import add_dicomnode
 
 log = logging.getLogger("fracdet")
-TRAIN_MODULES = {name: "train" for name in ("torch", "torchvision", "timm", "lightning", "torchmetrics", "sklearn",
+EXTRA_MODULES = {name: "train" for name in ("torch", "torchvision", "timm", "lightning", "torchmetrics", "sklearn",
                                             "matplotlib", "scipy", "onnx", "pytorch_grad_cam", "tensorboard")}
-TRAIN_MODULES.update({"pydicom": "dicom", "pylibjpeg": "dicom", "fastapi": "serve", "uvicorn": "serve",
-                      "sqlalchemy": "serve", "alembic": "serve"})
+EXTRA_MODULES.update({"pydicom": "dicom", "pylibjpeg": "dicom", "fastapi": "serve", "uvicorn": "serve",
+                      "sqlalchemy": "serve", "alembic": "serve", "ray": "ray", "pyarrow": "ray",
+                      "pynetdicom": "dicomnode", "highdicom": "dicomnode"})
 """Third-party modules of the optional extras, and the extra that brings each."""
 
 
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ModuleNotFoundError as exc:  # a light install (no `train` extra) asked for training-side work
         missing = (exc.name or "").split(".")[0]
-        extra = TRAIN_MODULES.get(missing)
+        extra = EXTRA_MODULES.get(missing)
         if extra:
             return fail(f"fracdet {args.command} needs {missing}, which this install lacks: "
                         f"pip install 'fracdet[{extra}]'")
