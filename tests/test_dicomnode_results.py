@@ -148,3 +148,26 @@ def test_a_study_that_fails_is_kept_for_a_look(tmp_path, predictor, monkeypatch)
         assert not spool.exists() and not (tmp_path / "out" / study_uid).exists()
     finally:
         node.stop()
+
+
+def test_cli_predict_dicom_out_writes_the_nodes_results(tmp_path, predictor):
+    from pydicom.uid import generate_uid
+
+    from fracdet.cli import main
+
+    study = generate_uid()
+    (tmp_path / "in").mkdir()
+    views = [cr_from_jpeg(SAMPLES / sub / name, tmp_path / "in" / f"v{i}.dcm", study)
+             for i, (sub, name) in enumerate([("fractured", "IMG0000352.jpg"), ("not_fractured", "IMG0000048.jpg")])]
+    before = [v.read_bytes() for v in views]
+    out = tmp_path / "results"
+    assert main(["predict", str(tmp_path / "in"), "--dicom-out", str(out), "--quiet",
+                 "--out", str(tmp_path / "rows.csv")]) == 0
+    written = sorted(out.rglob("*.dcm"))
+    objects = [pydicom.dcmread(p) for p in written]
+    srs = [d for d in objects if d.Modality == "SR"]
+    assert len(srs) == 1 and len(objects) == 3  # one SR for the study, one secondary capture per view
+    assert all(d.StudyInstanceUID == study for d in objects)
+    referenced = {str(v.SOPInstanceUID) for v in map(pydicom.dcmread, views)}
+    assert {d.SOPInstanceUID for d in objects}.isdisjoint(referenced)  # new objects, new UIDs
+    assert [v.read_bytes() for v in views] == before  # the originals are never modified

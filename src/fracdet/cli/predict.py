@@ -60,6 +60,9 @@ def add_predict(sub: Any) -> None:
     d.add_argument("--dicom-window", type=_window_arg, default=0, metavar="INDEX|none",
                    help="which stored VOI LUT / window to apply (default 0, the first, as a viewer "
                    "opens it); 'none' stretches the min-max of the modality values instead")
+    d.add_argument("--dicom-out", metavar="DIR",
+                   help="also write DICOM results for the DICOM inputs, as the DICOM node does: per study a "
+                   "TID 1500 structured report and one secondary capture per image (needs fracdet[dicomnode])")
     s = p.add_argument_group("studies")
     s.add_argument("--by-study", action="store_true",
                    help="one verdict per study (DICOM StudyInstanceUID, else --study-map, else "
@@ -130,6 +133,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             studies = group_by_study(rows, a.study_agg, study_map, predictor.decision)
             for study in studies:
                 writer.add(study)
+    if a.dicom_out:
+        _write_dicom_results(rows, predictor, a.dicom_out)
     if a.record and rows:
         from fracdet.serve.records import record_predictions
         from fracdet.serve.settings import DEFAULT_DB, model_name_of
@@ -172,6 +177,25 @@ def _cmd_predict_ray(a: argparse.Namespace) -> int:
         resume=a.resume, csv=a.csv, by_study=a.by_study, study_agg=a.study_agg, study_map=a.study_map,
         batch_size=a.batch_size, force=a.force, dicom_window=a.dicom_window,
     ))
+
+
+def _write_dicom_results(rows: list[Any], predictor: Any, out_dir: str) -> None:
+    """SR + secondary captures (fracdet.dicomnode) for the predictions of DICOM inputs."""
+    import pydicom
+
+    from fracdet.dicomnode import write_results
+    from fracdet.inference import group_by_study
+
+    views = [r for r in rows if r.ok and r.meta.get("sop_uid")]
+    if not views:
+        log.warning("--dicom-out: no DICOM input was predicted; nothing written")
+        return
+    datasets = {}
+    for path in dict.fromkeys(str(r.path) for r in views):
+        ds = pydicom.dcmread(path)
+        datasets[str(ds.SOPInstanceUID)] = ds
+    written = write_results(group_by_study(views, "max", decision=predictor.decision), datasets, out_dir, predictor)
+    log.info("wrote %d DICOM result object(s) under %s", len(written), out_dir)
 
 
 def _shown_path(r: Any) -> str:
