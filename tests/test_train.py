@@ -113,3 +113,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "GLOBAL_RANK: 1" in log and "Starting with 2 processes" in log, log[-3000:]
     assert load_artifact(tmp_path / "run" / "model.fracdet").training["strategy"] == "ddp"
     assert [r["phase"] for r in read_metrics_csv(tmp_path / "run" / "metrics.csv")] == ["head", "finetune"]
+
+
+@pytest.mark.parametrize("env,first", [
+    ({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "3", "LOCAL_RANK": "1"}, False),
+    ({"LOCAL_RANK": "0", "RANK": "2"}, False),  # torchrun on the second node: its local rank 0 is not first
+    ({"SLURM_PROCID": "0"}, True), ({"SLURM_PROCID": "5"}, False),
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"NODE_RANK": "0", "LOCAL_RANK": "0"}, True),
+])
+def test_only_the_first_process_of_all_nodes_writes_the_run_folder(monkeypatch, env, first):
+    from fracdet.train import is_first_process
+
+    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert is_first_process() is first

@@ -41,6 +41,16 @@ from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 quiet_lightning()  # Lightning's import gave its logger a console handler of its own: each line came twice
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "FRACDET_RUN_DIR"  # shared with DDP worker processes so all ranks use one folder
+
+
+def is_first_process() -> bool:
+    """Whether this is the first process of a (possibly multi-node) run — the one that writes the
+    run folder: ``RANK`` 0 (torchrun), ``SLURM_PROCID`` 0 (srun), else ``NODE_RANK`` and
+    ``LOCAL_RANK`` both 0 (Lightning's own launcher); True when not distributed."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("NODE_RANK", 0) or 0) == 0 and int(os.environ.get("LOCAL_RANK", 0) or 0) == 0
 # Phase 1 keeps the frozen backbone's BatchNorm in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
@@ -299,7 +309,7 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
     n_pos = sum(s.label for s in train_s)
     pos_weight = (len(train_s) - n_pos) / max(n_pos, 1) if cfg.class_weighting else 1.0
 
-    is_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    is_zero = is_first_process()
     if is_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {**cfg.to_dict(), "resolved_input_size": spec.input_size})
