@@ -262,7 +262,8 @@ def _check_size(p: Path, size: tuple[int, int]) -> None:
         )
 
 
-def _looks_like_text(head: bytes) -> bool:
+def looks_like_text(head: bytes) -> bool:
+    """Whether a file's first bytes read as UTF-8 text (no NUL byte): a text file named like an image."""
     if b"\x00" in head:
         return False
     try:
@@ -277,9 +278,9 @@ def _unidentified_reason(p: Path, head: bytes) -> str:
     if p.suffix.lower() in DICOM_EXTENSIONS:
         return "DICOM file but no DICOM reader is available"
     if p.suffix.lower() in IMAGE_EXTENSIONS:
-        kind = "text, not image data" if _looks_like_text(head) else "not valid image data"
+        kind = "text, not image data" if looks_like_text(head) else "not valid image data"
         return f"corrupt or not an image: '{ext}' file contains {kind}"
-    kind = "a text file" if _looks_like_text(head) else "not a recognised image"
+    kind = "a text file" if looks_like_text(head) else "not a recognised image"
     supported = ", ".join(sorted(IMAGE_EXTENSIONS))
     return f"unsupported file type '{ext}': {kind} (supported: {supported})"
 

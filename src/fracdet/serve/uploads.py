@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fracdet.io.images import looks_like_text
 from fracdet.serve.errors import ApiError
 
 KINDS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
@@ -91,22 +92,12 @@ class UploadFolder:
             raise ApiError(400, f"{shown}: empty file (0 bytes)")
         kind = sniff(head)
         if kind is None:
-            what = "text" if _looks_like_text(head) else "unrecognised data"
+            what = "text" if looks_like_text(head) else "unrecognised data"
             raise ApiError(415, f"{shown}: unsupported content ({what}); send JPEG, PNG, TIFF, BMP or DICOM "
                                 "(DICOM needs its 'DICM' preamble)")
         path = tmp.with_name(f"{self._n:04d}{KINDS[kind]}")
         os.replace(tmp, path)
         return Upload(name=shown, path=path, size=size, sha256=h.hexdigest(), kind=kind)
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def check_header(upload: Upload, max_pixels: int, force_dicom: bool = False) -> None:
