@@ -44,7 +44,7 @@ def main() -> int:
     predictor = Predictor.from_path(a.model, backend="torch")
     art = predictor.artifact
     ds = load_dataset(a.data)
-    samples, note = select_samples(ds, a.split, art.training, art.data)
+    samples, note = select_samples(ds, a.split, art.training, art.data, art.recorded_split())
     boxes = load_coco_boxes(a.boxes or Path(a.data) / "annotations/fracture_boxes_coco.json")
     chosen = [s for s in samples if s.label == 1 and Path(str(s.path)).name in boxes]
     if a.limit:

@@ -130,8 +130,8 @@ def measure(a: argparse.Namespace) -> None:
 
     art = load_artifact(a.model)
     ds = load_dataset(a.data)
-    check, note = select_samples(ds, a.split, art.training, art.data)
-    calibration = calibration_subset(select_samples(ds, "train", art.training, art.data)[0], a.seed)
+    check, note = select_samples(ds, a.split, art.training, art.data, art.recorded_split())
+    calibration = calibration_subset(select_samples(ds, "train", art.training, art.data, art.recorded_split())[0], a.seed)
     if a.limit and a.limit < len(check):  # evenly spaced, so both classes stay in
         check = [check[i] for i in np.linspace(0, len(check) - 1, a.limit).round().astype(int)]
     transform = build_transforms(art.preprocess)

@@ -1,6 +1,6 @@
 """How much a model's probabilities move under changes a reader cannot see — next to int8.
 
-    python benchmarks/noise_sensitivity.py [--model MODEL] [--split test]
+    python benchmarks/noise_sensitivity.py [--model MODEL] [--split val]  (choose on validation; the test split is touched once, at the end)
 
 On the FracAtlas split the model was trained with (re-derived from the artifact), prints the
 mean and 99th-percentile absolute change of the calibrated probability when uniform noise of
@@ -23,7 +23,7 @@ FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="artifact (default: the shipped model)")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="val")
     ap.add_argument("--data", default=str(FRACATLAS))
     a = ap.parse_args()
 
@@ -37,7 +37,7 @@ def main() -> None:
     from fracdet.transforms import build_transforms
 
     art = load_artifact(a.model)
-    samples, note = select_samples(load_dataset(a.data), a.split, art.training, art.data)
+    samples, note = select_samples(load_dataset(a.data), a.split, art.training, art.data, art.recorded_split())
     x = np.concatenate([b.numpy() for b, _, _ in make_loader(samples, build_transforms(art.preprocess), 32)])
     fp32 = OnnxRunner(onnx_bytes(art.build_model(), art.preprocess.input_size))
 

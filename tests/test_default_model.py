@@ -43,7 +43,7 @@ def test_default_model_test_split_auroc_matches_its_card(tmp_path):
 
     art = load_artifact()
     result = evaluate(fracatlas_root(), out_dir=tmp_path)
-    assert "re-derived with the training seed" in result.split_note
+    assert "recorded 'test' split" in result.split_note
     assert result.metrics["n"] == art.metrics["test"]["n"]
     assert result.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=0.01)
 
@@ -64,7 +64,7 @@ def test_default_model_int8_drift_is_judged_on_this_cpu():
 
     art = load_artifact()
     assert art.int8_onnx is not None
-    val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data)
+    val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data, art.recorded_split())
     got = compare_int8(art.float32_graph(), art.int8_onnx, val, build_transforms(art.preprocess),
                        art.temperature, art.threshold)
     assert got["n"] == art.int8["check"]["n"] and 0.0 <= got["mean_abs_diff"] <= got["max_abs_diff"] <= 1.0

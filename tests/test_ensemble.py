@@ -144,3 +144,16 @@ def test_grad_cam_sees_members(members):
     for m in net.members:
         assert m.get_submodule(m.cam_layer) is not None
         assert m(x).shape == (1,)
+
+
+def test_members_must_share_one_split(members):
+    from fracdet.artifact import load_artifact
+    from fracdet.errors import FracdetError
+
+    a, b = (load_artifact(p) for p in members)
+    a.split_csv = b"path,label,group,split,region\nx.png,1,,train,\ny.png,0,,test,\n"
+    b.split_csv = b"path,label,group,split,region\nx.png,1,,test,\ny.png,0,,train,\n"
+    with pytest.raises(FracdetError, match="different splits"):
+        build_ensemble([a, b])
+    b.split_csv = a.split_csv
+    assert build_ensemble([a, b]).recorded_split() == {"x.png": "train", "y.png": "test"}

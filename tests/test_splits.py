@@ -101,3 +101,58 @@ def test_leakage_detected(tmp_path: Path) -> None:
 def test_bad_fractions(tmp_path: Path) -> None:
     with pytest.raises(DatasetError):
         split_dataset(_dataset(tmp_path, n=10), fractions=(0.0, 0.5, 0.5))
+
+
+# ----------------------------------------------------------------------------- the model's recorded split
+def _recorded(tmp_path):
+    from fracdet.data.layouts import load_dataset
+    from fracdet.data.selection import read_split_manifest, split_manifest
+    from synth import make_class_folders
+
+    root = make_class_folders(tmp_path / "data", 20)
+    ds = split_dataset(load_dataset(root), seed=3)
+    return root, ds, read_split_manifest(split_manifest(ds))
+
+
+def test_recorded_split_round_trips_with_root_relative_paths(tmp_path):
+    root, ds, recorded = _recorded(tmp_path)
+    assert len(recorded) == len(ds.samples) and not any(p.startswith("/") for p in recorded)
+    assert Counter(recorded.values()) == Counter(s.split for s in ds.samples)
+
+
+def test_evaluation_uses_the_recorded_split_and_never_calls_training_images_test(tmp_path):
+    from fracdet.data.layouts import load_dataset
+    from fracdet.data.selection import select_samples
+    from synth import write_image
+
+    root, ds, recorded = _recorded(tmp_path)
+    data = {"fingerprint": load_dataset(root).fingerprint()}
+    same, note = select_samples(load_dataset(root), "auto", {"seed": 999}, data, recorded)
+    assert {Path(s.path).name for s in same} == {Path(s.path).name for s in ds.by_split("test")}
+    assert "recorded 'test' split" in note  # not re-derived (the seed given here is wrong on purpose)
+    # the data changes: two new films, one test film removed: the new ones count, no train/val film does
+    write_image(root / "fractured" / "new_a.png", True, 900)
+    write_image(root / "not_fractured" / "new_b.png", False, 901)
+    gone = Path(ds.by_split("test")[0].path)
+    gone.unlink()
+    changed = load_dataset(root)
+    chosen, note = select_samples(changed, "auto", {"seed": 3}, data, recorded)
+    names = {Path(s.path).name for s in chosen}
+    trained = {Path(s.path).name for s in ds.samples if s.split in ("train", "val")}
+    assert names.isdisjoint(trained) and {"new_a.png", "new_b.png"} <= names
+    assert len(names) == len(ds.by_split("test")) - 1 + 2
+    assert "differs" in note and f"{len(trained)} image(s) of its training or validation split left out" in note
+    val, _ = select_samples(changed, "val", {}, data, recorded)
+    assert {Path(s.path).name for s in val} == {Path(s.path).name for s in ds.by_split("val")}
+
+
+def test_data_made_only_of_training_images_has_no_test(tmp_path):
+    from fracdet.data.layouts import load_dataset
+    from fracdet.data.selection import select_samples
+
+    root, ds, recorded = _recorded(tmp_path)
+    for s in ds.samples:
+        if s.split == "test":
+            Path(s.path).unlink()
+    with pytest.raises(DatasetError, match="none can be called a test image"):
+        select_samples(load_dataset(root), "auto", {}, {"fingerprint": "other"}, recorded)

@@ -44,11 +44,13 @@ def test_two_phases_write_a_complete_run_folder(tmp_path):
     assert isinstance(art.int8["accepted"], bool)
     assert json.loads((run / "config.json").read_text())["model"] == "simple_cnn"
     assert "Not a medical device" in (run / "model_card.md").read_text()
-    # evaluating on the training data re-derives the split and measures the same test images
+    # the split travels inside the model; evaluating on the training data uses it: the same test images
+    recorded = art.recorded_split()
+    assert len(recorded) == 28 and sorted(set(recorded.values())) == ["test", "train", "val"]
     from fracdet.evaluate import evaluate
 
     ev = evaluate(data, res.artifact_path, out_dir=tmp_path / "ev", backend="onnx")  # float32, as in training
-    assert "re-derived with the training seed" in ev.split_note
+    assert "recorded 'test' split" in ev.split_note
     assert ev.metrics["n"] == art.metrics["test"]["n"]
     assert ev.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=1e-6)
 

@@ -7,7 +7,8 @@ The file (format 3) is a zip archive that any tool can open and that needs no Py
   SHA-256 of each binary member;
 - ``weights.npz`` — the network's state dict (float16), read with ``allow_pickle=False``;
 - ``model.onnx`` — the float32 onnxruntime graph (what ``predict`` runs by default);
-- ``int8.onnx`` — the int8 graph, when the model has one.
+- ``int8.onnx`` — the int8 graph, when the model has one;
+- ``split.csv`` — the split it was trained with (paths relative to the data's root), when known.
 
 Every model file is untrusted: members are size-limited before they are read, their hashes are
 checked, and every field is validated before use (:func:`load_artifact`).  Format 2 files
@@ -48,7 +49,9 @@ FORMAT_VERSION = 3  # 3: zip of JSON + npz + ONNX graphs (no PyTorch to read); 2
 DEFAULT_MODEL_NAME = "default.fracdet"
 KINDS = ("single", "ensemble")
 META_MEMBER, WEIGHTS_MEMBER, ONNX_MEMBER, INT8_MEMBER = "fracdet.json", "weights.npz", "model.onnx", "int8.onnx"
-MAX_MEMBER_BYTES = {META_MEMBER: 16 << 20, WEIGHTS_MEMBER: 2 << 30, ONNX_MEMBER: 2 << 30, INT8_MEMBER: 2 << 30}
+SPLIT_MEMBER = "split.csv"
+MAX_MEMBER_BYTES = {META_MEMBER: 16 << 20, WEIGHTS_MEMBER: 2 << 30, ONNX_MEMBER: 2 << 30, INT8_MEMBER: 2 << 30,
+                    SPLIT_MEMBER: 256 << 20}
 _TORCH_SIDE = "fracdet.models.export"  # imported by name: see the module docstring
 
 
@@ -77,6 +80,7 @@ class ModelArtifact:
     int8: dict[str, Any] = field(default_factory=dict)  # quantization outcome (fracdet.quantize)
     int8_onnx: bytes | None = None  # the int8 onnxruntime graph
     onnx: bytes | None = None  # the float32 onnxruntime graph (exported on save when missing)
+    split_csv: bytes | None = None  # the split it was trained with (fracdet.data.selection.split_manifest)
     version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     sha256: str = ""  # of the file it was loaded from
@@ -87,6 +91,18 @@ class ModelArtifact:
         if self.fracture_threshold is None:
             self.fracture_threshold = self.threshold
         self.state_dict = {k: _to_numpy(v) for k, v in self.state_dict.items()}
+
+    def recorded_split(self) -> dict[str, str] | None:
+        """The split the model was trained with: {path relative to the data root: split}, or
+        None when the model file does not record one."""
+        if not self.split_csv:
+            return None
+        from fracdet.data.selection import read_split_manifest
+
+        try:
+            return read_split_manifest(self.split_csv)
+        except (UnicodeDecodeError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"the model's recorded split is unreadable ({type(exc).__name__})") from None
 
     def build_model(self) -> Any:
         """The PyTorch network with the stored weights (needs PyTorch)."""
@@ -145,6 +161,8 @@ def save_artifact(art: ModelArtifact, path: str | Path, half: bool = True) -> Pa
     members = {WEIGHTS_MEMBER: buf.getvalue(), ONNX_MEMBER: graph}
     if art.int8_onnx:
         members[INT8_MEMBER] = art.int8_onnx
+    if art.split_csv:
+        members[SPLIT_MEMBER] = art.split_csv
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "weights_dtype": "float16" if half else "float32",
             **{k: v for k, v in art.describe().items() if k != "parameters"},
             "members": {name: _sha256(data) for name, data in members.items()}}
@@ -229,7 +247,8 @@ def _read_v3(p: Path, archive: zipfile.ZipFile, names: set[str]) -> tuple[dict[s
             state = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ArtifactError(f"{p}: weights are unreadable ({exc})") from None
-    return payload, {"state_dict": state, "onnx": binaries[ONNX_MEMBER], "int8_onnx": binaries.get(INT8_MEMBER)}
+    return payload, {"state_dict": state, "onnx": binaries[ONNX_MEMBER], "int8_onnx": binaries.get(INT8_MEMBER),
+                     "split_csv": binaries.get(SPLIT_MEMBER)}
 
 
 def _read_v2(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -310,6 +329,7 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
         temperature=numbers["temperature"], doubt_threshold=numbers["doubt_threshold"],
         fracture_threshold=numbers["fracture_threshold"], threshold_note=str(payload.get("threshold_note", "")),
         kind=kind, **dicts, int8_onnx=binaries.get("int8_onnx"), onnx=binaries.get("onnx"),
+        split_csv=binaries.get("split_csv"),
         version=str(payload.get("version", "")), created=str(payload.get("created", "")),
     )
 

@@ -100,7 +100,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
     art = load_artifact(model)
     predictor = Predictor(art, tta=tta, backend=backend)
     ds = load_dataset(data, layout=layout)
-    samples, note = select_samples(ds, split, art.training, art.data)
+    samples, note = select_samples(ds, split, art.training, art.data, art.recorded_split())
     logits, y, idx = collect_logits(predictor.logits, samples, predictor.transform, batch_size)
     if len(y) == 0:
         raise DatasetError(f"{data}: no readable images to evaluate")

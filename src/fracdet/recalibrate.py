@@ -80,5 +80,5 @@ def validation_samples(data: Any, art: Any, split: str = "auto", layout: str = "
     if split == "auto":
         same = bool(art.data) and art.data.get("fingerprint") == ds.fingerprint()
         split = "val" if ds.has_splits() or same else "all"
-    samples, note = select_samples(ds, split, art.training, art.data)
+    samples, note = select_samples(ds, split, art.training, art.data, art.recorded_split())
     return samples, note.replace("the model was trained on this data; ", "")

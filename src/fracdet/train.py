@@ -29,6 +29,7 @@ from fracdet.calibration import calibrated_probability, expected_calibration_err
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset, load_dataset
 from fracdet.data.loader import make_loader
+from fracdet.data.selection import split_manifest
 from fracdet.data.splits import assert_no_group_leakage
 from fracdet.errors import DatasetError
 from fracdet.fsutil import write_json, write_text
@@ -402,6 +403,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
         data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv",
               **getattr(ds, "audit_summary", {})},
         metrics=metrics,
+        split_csv=split_manifest(ds),
     )
     artifact_path = save_artifact(art, run_dir / "model.fracdet")
     if cfg.int8:

@@ -50,10 +50,10 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     same = bool(art.data) and art.data.get("fingerprint") == ds.fingerprint()
     test = None
     if ds.has_splits() or same:
-        calibration, _ = select_samples(ds, "train", art.training, art.data)
-        check, _ = select_samples(ds, "val", art.training, art.data)
+        calibration, _ = select_samples(ds, "train", art.training, art.data, art.recorded_split())
+        check, _ = select_samples(ds, "val", art.training, art.data, art.recorded_split())
         try:
-            test = select_samples(ds, "test", art.training, art.data)[0] or None
+            test = select_samples(ds, "test", art.training, art.data, art.recorded_split())[0] or None
         except DatasetError:  # no test split: nothing more to report
             test = None
         cal_note, check_note = f"the train split of {a.data}", f"the val split of {a.data}"

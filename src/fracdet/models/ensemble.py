@@ -119,6 +119,10 @@ def build_ensemble(members: Sequence[Any], weights: Sequence[float] | None = Non
     modes = {m.preprocess.resize for m in members}
     if len(modes) > 1:
         raise FracdetError(f"ensemble members must share one resize mode, found {sorted(modes)}")
+    splits = {m.split_csv for m in members if getattr(m, "split_csv", None)}
+    if len(splits) > 1:
+        raise FracdetError("the members were trained on different splits: one member's test images are another's "
+                           "training images, so no split of the ensemble is honest; train them on one split")
     w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=float)
     if len(w) != len(members) or (w < 0).any() or w.sum() <= 0:
         raise FracdetError(f"need {len(members)} non-negative weights, got {list(w)}")
@@ -143,7 +147,7 @@ def build_ensemble(members: Sequence[Any], weights: Sequence[float] | None = Non
         threshold_rule="weighted mean of the members' thresholds (not fitted; run fracdet calibrate)",
         temperature=1.0, training={"seed": first.training.get("seed", 42),
                                    "fractions": first.training.get("fractions", [0.70, 0.15, 0.15])},
-        data=dict(first.data),
+        data=dict(first.data), split_csv=next(iter(splits), None),
     )
 
 
