@@ -72,26 +72,14 @@ def write_seeds(folder: Path) -> None:
         prefix = {"PNG": 0, "JPEG": 1, "TIFF": 3}[fmt]
         (folder / f"seed{k}").write_bytes(bytes([prefix]) + buf.getvalue())
     try:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+        import pydicom  # noqa: F401
     except ImportError:
         return
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 20, 18, 2
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = (np.arange(2 * 20 * 18, dtype="<u2") * 5).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    (folder / "seed-dicom").write_bytes(bytes([2]) + buf.getvalue())
+    from synth import dicom_bytes
+
+    frames = (np.arange(2 * 20 * 18, dtype=np.uint16) * 5).reshape(2, 20, 18)
+    data = dicom_bytes(frames, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    (folder / "seed-dicom").write_bytes(bytes([2]) + data)
 
 
 def main() -> None:

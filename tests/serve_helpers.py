@@ -11,37 +11,16 @@ import numpy as np
 
 def write_dicom(path: Path, *, modality: str = "CR", study: str | None = None, size: int = 96,
                 seed: int = 0) -> Path:
-    """A minimal single-frame 16-bit DICOM of the given modality (a smooth 'bone' with noise)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    """A minimal single-frame 16-bit CR file of the given modality (a smooth 'bone' with noise)."""
+    from synth import CR_STORAGE, dicom_bytes
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     bone = np.exp(-(((xx - size / 2) / (size / 6)) ** 2)) * 3000
     pixels = (bone + rng.normal(600, 80, (size, size))).clip(0, 4095).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.BodyPartExamined = "HAND"
-    ds.ViewPosition = "PA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_bytes(pixels, sop_class=CR_STORAGE, modality=modality, bits_stored=12, study=study,
+                                 BodyPartExamined="HAND", ViewPosition="PA"))
     return path
 
 

@@ -52,3 +52,59 @@ def fracatlas_root() -> Path | None:
     env = os.environ.get("FRACDET_FRACATLAS")
     root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/fracatlas"
     return root if (root / "dataset.csv").is_file() else None
+
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+
+
+def dicom_bytes(pixels: np.ndarray, *, sop_class: str = DX_STORAGE, modality: str = "DX", bits_stored: int = 16,
+                study: str | None = None, **elements) -> bytes:
+    """A minimal uncompressed 16-bit grayscale DICOM file (Part 10 bytes) of ``pixels``: H×W, or
+    F×H×W for a multi-frame file. ``elements`` set or override attributes (e.g. ``ViewPosition``,
+    ``PhotometricInterpretation``, ``WindowCenter``). Needs pydicom."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(pixels)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def tiny_model_file(folder: Path, input_size: int = 48, threshold: float = 0.5, temperature: float = 1.0) -> Path:
+    """A small seeded simple_cnn model file (random weights) for tests that need a real artifact."""
+    import torch
+
+    from fracdet.artifact import ModelArtifact, save_artifact
+    from fracdet.models import create_model
+    from fracdet.transforms import PreprocessSpec
+
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1).eval()
+    art = ModelArtifact(
+        architecture="simple_cnn", state_dict=model.state_dict(),
+        preprocess=PreprocessSpec(input_size=input_size, mean=(0.5,) * 3, std=(0.25,) * 3),
+        model_config={"head_hidden": 16, "dropout": 0.1}, threshold=threshold, temperature=temperature,
+        training={"seed": 1}, data={"count": 3},
+    )
+    return save_artifact(art, Path(folder) / "m.fracdet")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -26,11 +25,9 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from fracdet.artifact import ModelArtifact, save_artifact  # noqa: E402
 from fracdet.errors import ImageReadError  # noqa: E402
 from fracdet.io import DicomOptions, dicom_options, iter_image_files, read_frames, read_image  # noqa: E402
 from fracdet.io.dicom import modality_values  # noqa: E402
-from fracdet.models import create_model  # noqa: E402
 from fracdet.inference import Predictor, group_by_study  # noqa: E402
 from fracdet.operating import Decision  # noqa: E402
 from fracdet.transforms import PreprocessSpec  # noqa: E402
@@ -50,15 +47,9 @@ def real(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1).eval()
-    art = ModelArtifact(
-        architecture="simple_cnn", state_dict=model.state_dict(),
-        preprocess=PreprocessSpec(input_size=64, mean=(0.5,) * 3, std=(0.25,) * 3),
-        model_config={"head_hidden": 16, "dropout": 0.1}, threshold=0.5, temperature=1.0,
-        training={"seed": 1}, data={"count": 3},
-    )
-    return save_artifact(art, tmp_path_factory.mktemp("dcm-model") / "m.fracdet")
+    from synth import tiny_model_file
+
+    return tiny_model_file(tmp_path_factory.mktemp("dcm-model"), input_size=64, threshold=0.5, temperature=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -105,27 +105,14 @@ def _seed_files() -> dict[str, bytes]:
         (Image.fromarray(a).convert(mode) if mode != "I;16" else Image.fromarray(a.astype(np.uint16) * 257)).save(buf, fmt)
         out[f"{fmt}-{mode}{_SUFFIX[fmt]}"] = buf.getvalue()
     try:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+        import pydicom  # noqa: F401
     except ImportError:  # DICOM mutations need pydicom to build the seed
         return out
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined = "DX", "HAND"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 40, 32, 2
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = np.stack([a, a[::-1]]).astype("<u2").tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    out["DICOM.dcm"] = buf.getvalue()
+    from synth import dicom_bytes
+
+    out["DICOM.dcm"] = dicom_bytes(np.stack([a, a[::-1]]), bits_stored=12, BodyPartExamined="HAND",
+                                   PhotometricInterpretation="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100,
+                                   WindowCenter=2048, WindowWidth=4096)
     return out
 
 

@@ -24,10 +24,7 @@ from PIL import Image
 
 from synth import write_image
 
-from fracdet.artifact import ModelArtifact, save_artifact
 from fracdet.cli import main
-from fracdet.models import create_model
-from fracdet.transforms import PreprocessSpec
 
 # name -> what it must give: "ok" (a prediction) or "error" (an error row / skip line).
 # Good images and readable oddities sit in the class folders; every file is listed here.
@@ -55,30 +52,14 @@ def _encoded(a: np.ndarray, mode: str, fmt: str, **kw) -> bytes:
 
 
 def _dicom_bytes(pixels: np.ndarray, **elements) -> bytes | None:
+    """A DX file of ``pixels`` (16 bits stored), or None without pydicom."""
     try:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+        import pydicom  # noqa: F401
     except ImportError:
         return None
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined = "DX", "HAND"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    for k, v in elements.items():
-        setattr(ds, k, v)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    from synth import dicom_bytes
+
+    return dicom_bytes(pixels, BodyPartExamined="HAND", **elements)
 
 
 def build_hostile(root: Path, fifo: bool = True, loop: bool = True) -> dict[str, str]:
@@ -151,15 +132,9 @@ def build_hostile(root: Path, fifo: bool = True, loop: bool = True) -> dict[str,
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1).eval()
-    art = ModelArtifact(
-        architecture="simple_cnn", state_dict=model.state_dict(),
-        preprocess=PreprocessSpec(input_size=48, mean=(0.5,) * 3, std=(0.25,) * 3),
-        model_config={"head_hidden": 16, "dropout": 0.1}, threshold=0.4, temperature=2.0,
-        training={"seed": 1}, data={"count": 3},
-    )
-    return save_artifact(art, tmp_path_factory.mktemp("hostile-model") / "m.fracdet")
+    from synth import tiny_model_file
+
+    return tiny_model_file(tmp_path_factory.mktemp("hostile-model"), input_size=48, threshold=0.4, temperature=2.0)
 
 
 @pytest.fixture(scope="module")
