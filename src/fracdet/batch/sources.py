@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fracdet.errors import FracdetError
-from fracdet.io.images import iter_image_files
+from fracdet.io.images import file_kind, iter_image_files
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
@@ -93,16 +93,6 @@ def _local_reason(exc: OSError, path: str) -> str:
     return f"cannot open file ({exc.strerror or exc})"
 
 
-def _file_kind(mode: int) -> str:
-    import stat
-
-    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a plain file"
-
-
 def read_one(path: str) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` or ``(None, reason)``; local files with open(), URIs with pyarrow.fs."""
     if is_uri(path) and not path.startswith("file://"):
@@ -120,7 +110,7 @@ def read_one(path: str) -> tuple[bytes | None, str | None]:
 
         st = os.stat(local)
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            return None, f"not a regular file ({_file_kind(st.st_mode)})"
+            return None, f"not a regular file ({file_kind(st.st_mode)})"
         with open(local, "rb") as fh:
             return fh.read(), None
     except OSError as exc:

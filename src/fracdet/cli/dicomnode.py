@@ -59,15 +59,11 @@ def add_dicomnode(sub: Any) -> None:
 
 
 def _cmd_dicomnode(args: argparse.Namespace) -> int:
-    from fracdet.errors import FracdetError
 
-    try:
-        import highdicom  # noqa: F401
-        import pydicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-    except ImportError as exc:
-        raise FracdetError(f"fracdet dicom-node needs {exc.name}, which this install lacks: "
-                           "pip install 'fracdet[dicom,dicomnode]'") from None
+    # up front, so a missing extra stops the node before it listens (fracdet.cli.main names the extra)
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+    import pynetdicom  # noqa: F401
     from fracdet.dicomnode.forward import Forwarder
     from fracdet.dicomnode.scp import DicomNode
     from fracdet.inference import load_model

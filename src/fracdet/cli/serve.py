@@ -60,14 +60,9 @@ def add_serve(sub: Any) -> None:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    from fracdet.errors import FracdetError
 
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ModuleNotFoundError as exc:
-        raise FracdetError(f"fracdet serve needs the serve extra ({exc.name} is missing): "
-                           "pip install 'fracdet[serve]'") from None
+    import fastapi  # noqa: F401  (missing: fracdet.cli.main names the extra to install)
+    import uvicorn
     from fracdet.inference import load_model
     from fracdet.serve.api import create_app
     from fracdet.serve.records import _shown

@@ -204,7 +204,7 @@ def _read_image(p: Path, min_size: int | None) -> XRay:
     try:
         st = p.stat()
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever, a device reads forever
-            raise ImageReadError(p, f"not a regular file ({_file_kind(st.st_mode)})")
+            raise ImageReadError(p, f"not a regular file ({file_kind(st.st_mode)})")
         size = st.st_size
         with open(p, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
@@ -246,7 +246,8 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (from its ``st_mode``)."""
     for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
         if test(mode):
