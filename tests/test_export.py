@@ -6,7 +6,7 @@ from fracdet.artifact import ModelArtifact, load_artifact, save_artifact
 from fracdet.inference import Predictor, load_model
 from fracdet.inference.onnx import OnnxRunner
 from fracdet.models import create_model
-from fracdet.models.export import _cache_dir, artifact_digest, export_onnx
+from fracdet.models.export import _cache_dir, artifact_digest, export_onnx, onnx_bytes
 from fracdet.transforms import PreprocessSpec
 from synth import write_image
 
@@ -67,3 +67,19 @@ def test_unknown_backend_is_clear(artifact_file):
 
     with pytest.raises(FracdetError, match="unknown backend"):
         load_model(artifact_file, backend="tpu")
+
+
+def test_graph_has_named_outputs_logit_first() -> None:
+    """The exported graph gives the logit first and the pooled features by name, both
+    matching PyTorch, so later checks (out-of-distribution, maps) read them from one session."""
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", pretrained=False).eval()
+    runner = OnnxRunner(onnx_bytes(model, 64))
+    assert runner.output_names[:2] == ["logit", "features"]
+    x = torch.rand(3, 3, 64, 64)
+    out = runner.run(x.numpy())
+    with torch.inference_mode():
+        ref = model.graph_outputs(x)
+    np.testing.assert_allclose(out["logit"], ref["logit"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["features"], ref["features"].numpy(), atol=1e-4)
+    assert out["features"].shape == (3, model.num_features)

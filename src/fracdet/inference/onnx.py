@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+LOGIT = "logit"  # the graph's first output; others are named (see OnnxRunner.run)
+
 
 def onnx_available() -> bool:
     """True when onnxruntime can be imported."""
@@ -30,7 +32,8 @@ def cpu_threads() -> int:
 
 
 class OnnxRunner:
-    """Runs a graph with onnxruntime on the CPU: ``runner(batch N×C×S×S) -> N logits``.
+    """Runs a graph with onnxruntime on the CPU: ``runner(batch N×C×S×S) -> N logits``;
+    :meth:`run` gives every output by name.
 
     ``threads``: onnxruntime's intra-op threads, set explicitly (default: this process's CPUs),
     since onnxruntime otherwise sizes its pool to the whole host."""
@@ -45,7 +48,16 @@ class OnnxRunner:
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name: ``logit`` (N), and where the model has them
+        ``features`` (N×C pooled backbone features) and ``fracture_map`` (N×h×w logits)."""
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        named = {name: np.asarray(out, dtype=np.float32) for name, out in zip(self.output_names[1:], outs[1:])}
+        named[LOGIT] = np.asarray(outs[0], dtype=np.float32).reshape(-1)  # older graphs name it otherwise
+        return named
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        """The logits (N) alone."""
+        return self.run(batch)[LOGIT]

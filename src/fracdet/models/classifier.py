@@ -80,6 +80,12 @@ class FracNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.features(x))
 
+    def graph_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the exported graph returns, by name, the logit first: ``logit`` (N) and
+        ``features`` (N×C pooled backbone features, e.g. for the out-of-distribution check)."""
+        f = self.features(x)
+        return {"logit": self.forward_head(f), "features": f}
+
     # -- parameter groups ----------------------------------------------------
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

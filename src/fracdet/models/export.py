@@ -26,7 +26,7 @@ from fracdet.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-3
-EXPORT_VERSION = 2  # 2: "same" padding frozen to constants (see freeze_same_padding)
+EXPORT_VERSION = 3  # 2: "same" padding frozen to constants (see freeze_same_padding); 3: named outputs
 
 
 def artifact_digest(artifact: Any) -> str:
@@ -88,17 +88,43 @@ def freeze_same_padding(model: torch.nn.Module, input_size: int) -> torch.nn.Mod
     return model
 
 
+class _NamedOutputs(torch.nn.Module):
+    """``model.graph_outputs`` (a dict, logit first) as the tuple ``torch.onnx.export`` takes."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.graph_outputs(x)
+        return tuple(out[n] for n in self.names)
+
+
+def graph_output_names(model: torch.nn.Module, input_size: int) -> list[str]:
+    """The named outputs ``model`` exports: ``logit`` first, then e.g. ``features`` and
+    ``fracture_map`` where the model's ``graph_outputs`` gives them; else ``logit`` alone."""
+    if not hasattr(model, "graph_outputs"):
+        return ["logit"]
+    with torch.inference_mode():
+        names = list(model.graph_outputs(torch.zeros(1, 3, input_size, input_size)))
+    if not names or names[0] != "logit":
+        raise FracdetError(f"{type(model).__name__}.graph_outputs must give 'logit' first, not {names}")
+    return names
+
+
 def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> bytes:
-    """The ONNX graph of ``model`` (N×3×S×S → N logits, dynamic batch, fixed S), checked
-    against PyTorch's logits with onnxruntime unless ``check`` is false."""
+    """The ONNX graph of ``model`` (N×3×S×S → N logits, then any other named outputs; dynamic
+    batch, fixed S), checked against PyTorch's logits with onnxruntime unless ``check`` is false."""
     model = model.float().eval()
     frozen = freeze_same_padding(model, input_size)
+    names = graph_output_names(frozen, input_size)
+    graph = _NamedOutputs(frozen, names) if len(names) > 1 else frozen
     x = torch.randn(2, 3, input_size, input_size)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(frozen, (x,), buf, input_names=["image"], output_names=["logit"],
-                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=17,
+        torch.onnx.export(graph, (x,), buf, input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}, opset_version=17,
                           dynamo=False)
     data = buf.getvalue()
     if check:
