@@ -10,6 +10,10 @@ The file (format 3) is a zip archive that any tool can open and that needs no Py
 - ``int8.onnx`` — the int8 graph, when the model has one;
 - ``split.csv`` — the split it was trained with (paths relative to the data's root), when known.
 
+``calibration`` (``{method, params}``, :mod:`fracdet.calibration`) maps the graph's logit to the
+probability; files that store a map other than a temperature are written as format 4 (otherwise
+identical) so that an older fracdet refuses them rather than apply the temperature alone.
+
 Every model file is untrusted: members are size-limited before they are read, their hashes are
 checked, and every field is validated before use (:func:`load_artifact`).  Format 2 files
 (``torch.save`` of plain tensors) still load where PyTorch is installed.
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fracdet import __version__
+from fracdet.calibration import apply_calibration, check_calibration, temperature_calibration
 from fracdet.errors import ArtifactError
 from fracdet.fsutil import atomic_path
 from fracdet.models.registry import list_models
@@ -45,7 +50,10 @@ from fracdet.transforms import RESIZE_MODES, PreprocessSpec
 log = logging.getLogger(__name__)
 
 FORMAT = "fracdet-model"
-FORMAT_VERSION = 3  # 3: zip of JSON + npz + ONNX graphs (no PyTorch to read); 2: torch.save (still loads)
+FORMAT_VERSION = 4  # 3: zip of JSON + npz + ONNX graphs (no PyTorch to read); 2: torch.save (still loads)
+# 4: format 3 with a calibration other than a temperature (``calibration``): written only then, so
+# that an older fracdet, which would apply the temperature alone, refuses the file instead.
+TEMPERATURE_ONLY_VERSION = 3
 DEFAULT_MODEL_NAME = "default.fracdet"
 KINDS = ("single", "ensemble")
 META_MEMBER, WEIGHTS_MEMBER, ONNX_MEMBER, INT8_MEMBER = "fracdet.json", "weights.npz", "model.onnx", "int8.onnx"
@@ -70,6 +78,7 @@ class ModelArtifact:
     threshold: float = 0.5
     threshold_rule: str = "default 0.5"
     temperature: float = 1.0
+    calibration: dict[str, Any] | None = None  # {method, params} (fracdet.calibration); None: the temperature
     doubt_threshold: float | None = None  # high-sensitivity point; None: same as ``threshold``
     fracture_threshold: float | None = None  # high-specificity point; None: same as ``threshold``
     threshold_note: str = ""  # written rationale of the operating points
@@ -91,6 +100,23 @@ class ModelArtifact:
         if self.fracture_threshold is None:
             self.fracture_threshold = self.threshold
         self.state_dict = {k: _to_numpy(v) for k, v in self.state_dict.items()}
+
+    def calibration_in_use(self) -> dict[str, Any]:
+        """The calibration map probabilities are computed with (temperature scaling when the
+        artifact stores no other)."""
+        if self.calibration and self.calibration.get("method") != "temperature":
+            return self.calibration
+        return temperature_calibration(self.temperature)
+
+    def set_calibration(self, spec: dict[str, Any]) -> None:
+        """Store a calibration map; ``temperature`` keeps T for temperature scaling, else 1."""
+        spec = check_calibration(spec)
+        self.calibration = spec
+        self.temperature = float(spec["params"]["temperature"]) if spec["method"] == "temperature" else 1.0
+
+    def probability(self, logits: Any) -> np.ndarray:
+        """Calibrated probabilities of *fractured* from raw logits (float32)."""
+        return apply_calibration(logits, self.calibration_in_use())
 
     def recorded_split(self) -> dict[str, str] | None:
         """The split the model was trained with: {path relative to the data root: split}, or
@@ -125,6 +151,7 @@ class ModelArtifact:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "temperature": self.temperature,
+            "calibration": self.calibration_in_use(),
             "doubt_threshold": self.doubt_threshold,
             "fracture_threshold": self.fracture_threshold,
             "threshold_note": self.threshold_note,
@@ -163,7 +190,8 @@ def save_artifact(art: ModelArtifact, path: str | Path, half: bool = True) -> Pa
         members[INT8_MEMBER] = art.int8_onnx
     if art.split_csv:
         members[SPLIT_MEMBER] = art.split_csv
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "weights_dtype": "float16" if half else "float32",
+    version = TEMPERATURE_ONLY_VERSION if art.calibration_in_use()["method"] == "temperature" else FORMAT_VERSION
+    meta = {"format": FORMAT, "format_version": version, "weights_dtype": "float16" if half else "float32",
             **{k: v for k, v in art.describe().items() if k != "parameters"},
             "members": {name: _sha256(data) for name, data in members.items()}}
     with atomic_path(path) as tmp:
@@ -314,6 +342,14 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
             raise bad(f"{key} {numbers[key]} outside [0, 1]")
     if not 0.0 < numbers["temperature"] <= 1000.0:
         raise bad(f"temperature {numbers['temperature']}")
+    calibration = None
+    if payload.get("calibration") is not None:
+        try:
+            calibration = check_calibration(payload["calibration"])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise bad(str(exc)) from None
+        if calibration["method"] == "temperature":
+            numbers["temperature"] = calibration["params"]["temperature"]
     dicts = {}
     for key in ("model_config", "training", "data", "metrics", "int8"):
         v = payload.get(key, {})
@@ -326,7 +362,7 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
     return ModelArtifact(
         architecture=str(arch), state_dict=state, preprocess=pre, labels=list(labels),
         threshold=numbers["threshold"], threshold_rule=str(payload.get("threshold_rule", "")),
-        temperature=numbers["temperature"], doubt_threshold=numbers["doubt_threshold"],
+        temperature=numbers["temperature"], calibration=calibration, doubt_threshold=numbers["doubt_threshold"],
         fracture_threshold=numbers["fracture_threshold"], threshold_note=str(payload.get("threshold_note", "")),
         kind=kind, **dicts, int8_onnx=binaries.get("int8_onnx"), onnx=binaries.get("onnx"),
         split_csv=binaries.get("split_csv"),

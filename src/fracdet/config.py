@@ -44,6 +44,7 @@ class TrainConfig:
     monitor: str = "val_auroc"  # val_auroc | val_loss
     patience: int = 3
     class_weighting: bool = True
+    calibration: str = "auto"  # auto (chosen out of fold inside validation) | temperature | platt | beta | isotonic
     batch_size: int = 32
     num_workers: int = 0
     cache_images: bool = True

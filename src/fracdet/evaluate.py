@@ -13,7 +13,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from fracdet.artifact import load_artifact
-from fracdet.calibration import calibrated_probability
 from fracdet.data.layouts import Sample, load_dataset
 from fracdet.data.selection import select_samples
 from fracdet.errors import DatasetError
@@ -104,7 +103,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
     logits, y, idx = collect_logits(predictor.logits, samples, predictor.transform, batch_size)
     if len(y) == 0:
         raise DatasetError(f"{data}: no readable images to evaluate")
-    prob = calibrated_probability(logits, art.temperature)
+    prob = art.probability(logits)
     skipped = len(samples) - len(y)
     extra: dict[str, Any] = {"evaluated_on": note, "unreadable_skipped": skipped, "model": str(model or "default"),
                              "tta": tta, "backend": predictor.backend}
@@ -121,7 +120,8 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
             "fracdet_version": art.version}
     m = write_evaluation(out_dir, y, prob, art.threshold, art.labels, extra=extra, report=dict(
         doubt_threshold=art.doubt_threshold, fracture_threshold=art.fracture_threshold,
-        logits=None if tta else logits, temperature=art.temperature, samples=[samples[i] for i in idx],
+        logits=None if tta else logits, temperature=art.temperature,
+        calibration=art.calibration_in_use(), samples=[samples[i] for i in idx],
         n_resamples=n_resamples, seed=seed, run_dir=run_dir, model_info=info,
         title=f"fracdet evaluation: {Path(str(model)).name if model else 'default model'}"))
     _write_predictions(Path(out_dir) / "predictions.csv", [samples[i] for i in idx], y, prob, art.threshold,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fracdet.calibration import describe_calibration
 from fracdet.artifact import ModelArtifact
 
 NOT_A_DEVICE = (
@@ -134,7 +135,7 @@ def _test_ece(m: dict[str, Any]) -> list[str]:
     cal = (m.get("test") or {}).get("calibration") if isinstance(m.get("test"), dict) else None
     if not cal or "ece_after" not in cal:
         return []
-    return [f"- test ECE {_fmt(cal.get('ece_before', ''))} before → {_fmt(cal['ece_after'])} after temperature scaling"]
+    return [f"- test ECE {_fmt(cal.get('ece_before', ''))} before → {_fmt(cal['ece_after'])} after calibration"]
 
 
 def _int8_lines(q: dict[str, Any]) -> list[str]:
@@ -229,9 +230,12 @@ def render_model_card(art: ModelArtifact) -> str:
         *_subgroup_lines(m),
         "",
         "## Calibration and operating points",
-        f"- temperature scaling: T = {art.temperature:.3f} fitted on {cal.get('fitted_on', 'the validation split')} "
-        f"(validation ECE {_fmt(cal.get('val_ece_before', ''))} before → {_fmt(cal.get('val_ece_after', ''))} after; "
-        f"10 equal-width bins)",
+        f"- calibration: {describe_calibration(art.calibration_in_use())} fitted on "
+        f"{cal.get('fitted_on', 'the validation split')} (validation ECE {_fmt(cal.get('val_ece_before', ''))} before → "
+        f"{_fmt(cal.get('val_ece_after', ''))} after; 10 equal-width bins)",
+        *([f"- method chosen by {cal['chosen_by']} inside the validation data (repeated stratified 5-fold): "
+           f"ECE {_fmt(cal.get('oof_ece_before'))} uncalibrated → {_fmt(cal.get('oof_ece_after'))} out of fold"]
+          if cal.get("chosen_by") else []),
         *_test_ece(m),
         *_operating_lines(art),
         "",

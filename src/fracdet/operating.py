@@ -215,7 +215,7 @@ def threshold_note(ops: OperatingPoints, n: int, positives: int, data_name: str)
                 "usually costs more than a false alarm (a recall, an extra view).",
     }.get(str(r.get("rule")), "")
     return "\n".join([
-        f"Operating points chosen on {data_name} ({n} images, {positives} fractured), after temperature scaling.",
+        f"Operating points chosen on {data_name} ({n} images, {positives} fractured), after calibration.",
         "",
         f"Main threshold (label fractured / not fractured): {ops.threshold_rule}. {why}",
         line("main threshold", "main"),

@@ -128,10 +128,11 @@ def quantize_onnx(fp32_onnx: bytes, calibration: Sequence[Any], transform: Any, 
 
 
 def compare_int8(fp32_onnx: bytes, int8_onnx: bytes, samples: Sequence[Any], transform: Any,
-                 temperature: float, threshold: float, batch_size: int = 16) -> dict[str, Any]:
+                 temperature: float | dict[str, Any], threshold: float, batch_size: int = 16) -> dict[str, Any]:
     """How far int8 probabilities are from float32 on labelled ``samples``: mean / p99 / max
-    absolute difference, label agreement at ``threshold`` and both AUROCs."""
-    from fracdet.calibration import calibrated_probability
+    absolute difference, label agreement at ``threshold`` and both AUROCs (``temperature``: a
+    temperature or the model's calibration map)."""
+    from fracdet.calibration import apply_calibration
     from fracdet.inference.onnx import OnnxRunner
 
     fp32, int8 = OnnxRunner(fp32_onnx), OnnxRunner(int8_onnx)
@@ -142,8 +143,8 @@ def compare_int8(fp32_onnx: bytes, int8_onnx: bytes, samples: Sequence[Any], tra
         ys.append(y)
     if not za:
         raise FracdetError("int8 check: none of the check images could be read")
-    pa = calibrated_probability(np.concatenate(za), temperature)
-    pb = calibrated_probability(np.concatenate(zb), temperature)
+    pa = apply_calibration(np.concatenate(za), temperature)
+    pb = apply_calibration(np.concatenate(zb), temperature)
     y = np.concatenate(ys).astype(int)
     diff = np.abs(pa - pb)
     out: dict[str, Any] = {
@@ -219,8 +220,8 @@ def quantize_artifact(artifact: Any, calibration: Sequence[Any], check: Sequence
     fp32 = _float32_onnx(artifact)
     int8 = quantize_onnx(fp32, calibration, transform)
     tolerance = dict(tolerance or INT8_TOLERANCE)
-    agreement = compare_int8(fp32, int8, check, transform, artifact.temperature, artifact.threshold)
-    measured_test = (compare_int8(fp32, int8, test, transform, artifact.temperature, artifact.threshold)
+    agreement = compare_int8(fp32, int8, check, transform, artifact.calibration_in_use(), artifact.threshold)
+    measured_test = (compare_int8(fp32, int8, test, transform, artifact.calibration_in_use(), artifact.threshold)
                      if test else None)
     entry = _entry(agreement, check_note, tolerance, measured_test)
     report: dict[str, Any] = {"scheme": SCHEME, "tolerance": tolerance,
@@ -250,8 +251,8 @@ def recheck_int8(artifact: Any, samples: Sequence[Any], note: str, test: Sequenc
         return None
     fp32 = _float32_onnx(artifact)
     transform = build_transforms(artifact.preprocess)
-    check = compare_int8(fp32, artifact.int8_onnx, samples, transform, artifact.temperature, artifact.threshold)
-    measured_test = (compare_int8(fp32, artifact.int8_onnx, test, transform, artifact.temperature,
+    check = compare_int8(fp32, artifact.int8_onnx, samples, transform, artifact.calibration_in_use(), artifact.threshold)
+    measured_test = (compare_int8(fp32, artifact.int8_onnx, test, transform, artifact.calibration_in_use(),
                                   artifact.threshold) if test else None)
     tolerance = dict(artifact.int8.get("tolerance") or INT8_TOLERANCE)
     entry = _entry(check, note, tolerance, measured_test)

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from fracdet import __version__
 from fracdet.artifact import ModelArtifact, load_artifact, save_artifact
-from fracdet.calibration import calibrated_probability, expected_calibration_error, fit_temperature
+from fracdet.calibration import apply_calibration, calibrated_probability, expected_calibration_error
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset, load_dataset
 from fracdet.data.loader import make_loader
@@ -358,14 +358,18 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     model.eval()
     transform = build_transforms(spec)
     val_logits, val_y, _ = collect_logits(model, ds.by_split("val"), transform, cfg.batch_size)
-    temperature = fit_temperature(val_logits, val_y)
-    val_prob = calibrated_probability(val_logits, temperature)
+    from fracdet.recalibrate import choose_calibration
+
+    cal, how = choose_calibration(val_logits, val_y, getattr(cfg, "calibration", "auto"))
+    temperature = cal["params"]["temperature"] if cal["method"] == "temperature" else 1.0
+    val_prob = apply_calibration(val_logits, cal)
     ops = _operating_points(val_y, val_prob)
     threshold = ops.threshold
     metrics: dict[str, Any] = {
         "val": with_bootstrap_ci(binary_metrics(val_y, val_prob, threshold), val_y, val_prob, threshold),
         "calibration": {
-            "temperature": temperature,
+            "temperature": temperature, "method": cal["method"], "chosen_by": how["chosen_by"],
+            "oof_ece_before": how["oof_ece_before"], "oof_ece_after": how["oof_ece_after"],
             "val_ece_before": expected_calibration_error(calibrated_probability(val_logits, 1.0), val_y),
             "val_ece_after": expected_calibration_error(val_prob, val_y),
             "fitted_on": "the validation split",
@@ -375,14 +379,14 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
     test_s = ds.by_split("test")
     if test_s:
         test_logits, test_y, test_idx = collect_logits(model, test_s, transform, cfg.batch_size)
-        test_prob = calibrated_probability(test_logits, temperature)
+        test_prob = apply_calibration(test_logits, cal)
         info = {"architecture": cfg.model, "threshold_rule": ops.threshold_rule, "threshold_note": ops.note,
                 "calibration": metrics["calibration"], "model": str(run_dir / "model.fracdet"),
                 "fracdet_version": __version__}
         test_m = write_evaluation(run_dir / "eval-test", test_y, test_prob, threshold, ["not fractured", "fractured"],
                                   extra={"evaluated_on": "the test split", "model": info["model"]}, report=dict(
                                       doubt_threshold=ops.doubt_threshold, fracture_threshold=ops.fracture_threshold,
-                                      logits=test_logits, temperature=temperature,
+                                      logits=test_logits, temperature=temperature, calibration=cal,
                                       samples=[test_s[i] for i in test_idx], run_dir=run_dir if rows else None,
                                       model_info=info, title=f"fracdet {cfg.model}: test split"))
         metrics["test"] = {k: v for k, v in test_m.items() if k not in ("classification_report", "figures")}
@@ -396,6 +400,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
         threshold=threshold,
         threshold_rule=ops.threshold_rule,
         temperature=temperature,
+        calibration=cal,
         doubt_threshold=ops.doubt_threshold,
         fracture_threshold=ops.fracture_threshold,
         threshold_note=ops.note,

@@ -1,4 +1,4 @@
-"""``fracdet calibrate`` (refit temperature and operating points on a site's own data) and
+"""``fracdet calibrate`` (refit the calibration map and operating points on a site's own data) and
 ``fracdet ensemble`` (fuse models into one artifact)."""
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def rule_from_args(a: argparse.Namespace) -> Any:
 
 
 def _print_points(art: Any) -> None:
-    print(f"temperature {art.temperature:.3f}")
+    from fracdet.calibration import describe_calibration
+
+    print(f"calibration {describe_calibration(art.calibration_in_use())}")
     print(f"threshold {art.threshold:.4f} ({art.threshold_rule})")
     print(f"doubt threshold {art.doubt_threshold:.4f}, fracture threshold {art.fracture_threshold:.4f}")
     print()
@@ -70,11 +72,16 @@ def _print_points(art: Any) -> None:
 # ---------------------------------------------------------------- calibrate
 def add_calibrate(sub: Any) -> None:
     p = sub.add_parser(
-        "calibrate", help="refit temperature scaling and operating points on your own validation data",
-        description="Refit a model's temperature scaling and its operating points (main threshold, doubt and "
-        "fracture thresholds, with a written rationale) on labelled validation data — e.g. a site's own images "
+        "calibrate", help="refit the calibration and operating points on your own validation data",
+        description="Refit a model's calibration (temperature, Platt, beta or isotonic; by default the one with "
+        "the best out-of-fold score inside the validation data) and its operating points (main threshold, doubt "
+        "and fracture thresholds, with a written rationale) on labelled validation data — e.g. a site's own images "
         "before use in a new hospital. Writes a new artifact and its model card; the weights are unchanged.",
     )
+    p.add_argument("--method", default="auto", choices=["auto", "temperature", "platt", "beta", "isotonic"],
+                   help="calibration map (default auto: chosen by repeated stratified 5-fold inside the data)")
+    p.add_argument("--select-by", default="logloss", choices=["logloss", "ece"],
+                   help="what auto minimises out of fold (default logloss, a proper score)")
     p.add_argument("data", metavar="VAL_DATA", help="labelled data (any layout)")
     add_model_option(p)
     p.add_argument("--out", required=True, metavar="NEW_MODEL", help="the recalibrated artifact (.fracdet)")
@@ -90,18 +97,24 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     rule = rule_from_args(a)
     art = load_artifact(a.model)
     samples, note = validation_samples(a.data, art, a.split, a.layout)
-    before = art.temperature
-    cal = recalibrate(art, samples, rule, a.batch_size, data_name=f"{note} of {a.data}")
+    from fracdet.calibration import describe_calibration
+
+    before = describe_calibration(art.calibration_in_use())
+    cal = recalibrate(art, samples, rule, a.batch_size, data_name=f"{note} of {a.data}", method=a.method,
+                      select_by=a.select_by)
     art.data = {**art.data, "calibrated_on": {"data": str(a.data), "which": note, "n": cal["n"],
                                               "positives": cal["positives"]}}
     from fracdet.quantize import recheck_int8
 
-    q = recheck_int8(art, samples, f"{note} of {a.data}")  # the int8 check, at the new temperature
+    q = recheck_int8(art, samples, f"{note} of {a.data}")  # the int8 check, at the new calibration
     out = save_artifact(art, a.out)
     card = write_model_card_beside(art, out)
     print(f"calibrated on {note} ({cal['n']} images, {cal['positives']} fractured)")
-    print(f"temperature {before:.3f} → {art.temperature:.3f}; ECE {cal['val_ece_previous']:.3f} → {cal['val_ece_after']:.3f}"
-          f" (uncalibrated {cal['val_ece_before']:.3f})")
+    print(f"calibration {before} → {describe_calibration(art.calibration_in_use())} ({cal['chosen_by']})")
+    for name, sc in cal["out_of_fold"].items():
+        print(f"  {name:<12} out-of-fold log-loss {sc['logloss']:.4f}  ECE {sc['ece']:.4f}")
+    print(f"ECE {cal['val_ece_previous']:.3f} → {cal['val_ece_after']:.3f} in sample (uncalibrated "
+          f"{cal['val_ece_before']:.3f}); out of fold {cal['oof_ece_before']:.3f} → {cal['oof_ece_after']:.3f}")
     _print_points(art)
     if q is not None:
         print(f"\n{q['reason']} (re-measured on the calibration data)")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from fracdet.artifact import ModelArtifact, load_artifact
-from fracdet.calibration import calibrated_probability
+from fracdet.calibration import apply_calibration
 from fracdet.errors import FracdetError, ImageReadError
 from fracdet.inference.backends import choose_backend
 from fracdet.inference.onnx import OnnxRunner
@@ -57,6 +57,7 @@ class Predictor:
         self.transform = build_transforms(artifact.preprocess)
         self.decision = Decision.of(artifact)
         self.temperature = artifact.temperature
+        self.calibration = artifact.calibration_in_use()
 
     # the decision's numbers, as attributes (the Python API has always had them)
     @property
@@ -98,7 +99,7 @@ class Predictor:
         return self.torch_side(batch)
 
     def _results(self, logits: np.ndarray, items: Sequence[XRay]) -> list[Prediction]:
-        probs = calibrated_probability(logits, self.temperature)
+        probs = apply_calibration(logits, self.calibration)
         rule = self.decision
         return [
             Prediction(path=x.path, probability=float(p), label=rule.label(float(p)), threshold=rule.threshold,

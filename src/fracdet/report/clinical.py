@@ -88,16 +88,19 @@ def _sample_grid(samples: Sequence[Any], y: np.ndarray, p: np.ndarray, threshold
 def clinical_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, threshold: float, *,
                         doubt_threshold: float | None = None, fracture_threshold: float | None = None,
                         logits: np.ndarray | None = None, temperature: float = 1.0,
+                        calibration: dict[str, Any] | None = None,
                         samples: Sequence[Any] | None = None, n_resamples: int = 1000, seed: int = 0,
                         run_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything beyond the point metrics, as a dict to merge into ``metrics.json``; writes the
     figures of :data:`FIGURES` that apply (plus the confusion matrix, written by the caller).
 
-    ``logits`` (raw, before temperature) give the calibration section (ECE before/after);
+    ``logits`` (raw, before calibration) give the calibration section (ECE before/after);
+    ``calibration``: the map that made ``prob`` (default: temperature scaling by ``temperature``);
     ``samples`` (in the order of ``y``) give subgroups and the sample grid; ``run_dir`` (a
     training run folder with ``metrics.csv``) gives the training curves.
     """
-    from fracdet.calibration import calibrated_probability, expected_calibration_error, reliability_curve
+    from fracdet.calibration import (calibrated_probability, describe_calibration, expected_calibration_error,
+                                     reliability_curve, temperature_calibration)
     from fracdet.metrics import bootstrap_ci, subgroup_metrics
     from fracdet import plots
 
@@ -118,12 +121,13 @@ def clinical_evaluation(out_dir: str | Path, y: np.ndarray, prob: np.ndarray, th
     ece: dict[str, float] = {}
     if logits is not None:
         raw = calibrated_probability(np.asarray(logits), 1.0)
-        ece = {"before temperature scaling": expected_calibration_error(raw, y),
-               f"after (T = {temperature:.2f})": expected_calibration_error(p, y)}
-        curves = {"before temperature scaling": reliability_curve(raw, y),
-                  f"after (T = {temperature:.2f})": reliability_curve(p, y)}
-        res["calibration"] = {"temperature": float(temperature), "ece_before": list(ece.values())[0],
-                              "ece_after": list(ece.values())[1], "bins": 10}
+        spec = calibration or temperature_calibration(temperature)
+        after = (f"after (T = {temperature:.2f})" if spec["method"] == "temperature"
+                 else f"after ({describe_calibration(spec)})")
+        ece = {"before calibration": expected_calibration_error(raw, y), after: expected_calibration_error(p, y)}
+        curves = {"before calibration": reliability_curve(raw, y), after: reliability_curve(p, y)}
+        res["calibration"] = {"temperature": float(temperature), "method": spec["method"],
+                              "ece_before": list(ece.values())[0], "ece_after": list(ece.values())[1], "bins": 10}
     else:
         ece = {"calibrated": expected_calibration_error(p, y)}
         curves = {"calibrated": reliability_curve(p, y)}

@@ -115,13 +115,17 @@ def render_html(m: dict[str, Any], figure_dir: str | Path, title: str = "fracdet
     if cal:
         parts.append("<h2>Calibration</h2>")
         rows = []
-        if "temperature" in cal:
+        if cal.get("method", "temperature") != "temperature":
+            rows.append(["calibration (chosen on validation data)", _e(str(cal["method"]))])
+        elif "temperature" in cal:
             rows.append(["temperature T (fitted on validation data)", _num(cal["temperature"])])
         if "ece_before" in cal:
-            rows.append(["ECE before temperature scaling", _num(cal["ece_before"])])
-        rows.append(["ECE after temperature scaling", _num(cal.get("ece_after"))])
+            rows.append(["ECE before calibration", _num(cal["ece_before"])])
+        rows.append(["ECE after calibration", _num(cal.get("ece_after"))])
         for k, label in (("val_ece_before", "validation ECE before (at fitting)"),
-                         ("val_ece_after", "validation ECE after (at fitting)")):
+                         ("val_ece_after", "validation ECE after (at fitting)"),
+                         ("oof_ece_before", "validation ECE before, out of fold"),
+                         ("oof_ece_after", "validation ECE after, out of fold")):
             if k in info.get("calibration", {}):
                 rows.append([label, _num(info["calibration"][k])])
         parts.append(_table(["", ""], [[_e(a), b] for a, b in rows]))
