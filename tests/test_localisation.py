@@ -155,3 +155,47 @@ def test_evaluate_with_boxes_writes_localisation(tmp_path):
     assert loc["gradcam"]["n"] == 1  # only the fractured image with a box
     assert set(loc["baselines"]) == {"centre", "bone"} and r.metrics["localisation"]["gradcam"]["n"] == 1
     assert (tmp_path / "ev" / "localisation" / "examples" / "img_1_001.gradcam.png").is_file()
+
+
+def test_box_detection_over_fractured_and_normal_films(tmp_path):
+    """mAP50 and sensitivity at 1 FP/film from CAM boxes, the centre box and the model's own boxes."""
+    from pathlib import Path
+
+    from synth import tiny_model_file
+
+    from fracdet.artifact import load_artifact
+
+    from fracdet.data.layouts import load_dataset
+    from fracdet.inference import Predictor
+
+    class BoxingPredictor(Predictor):
+        """A model with a box output: each film's true box (score .9) and a false one (score .1)."""
+
+        def _results(self, outputs, items, *rest):
+            preds = super()._results(outputs, items, *rest)
+            for p in preds:
+                x, y, w, h = truth.get(Path(p.path).name, [(0, 0, 0, 0)])[0]
+                p.boxes = ([(x, y, x + w, y + h, 0.9)] if w else []) + [(70, 0, 80, 10, 0.1)]
+            return preds
+
+    data = make_class_folders(tmp_path / "data", n_per_class=3)
+    samples = load_dataset(data).samples
+    fractured = [s for s in samples if s.label == 1]
+    normal = [s for s in samples if s.label == 0]
+    truth = {"img_1_000.png": [(10.0, 20.0, 30.0, 10.0)], "img_1_002.png": [(0.0, 0.0, 80.0, 96.0)]}
+    predictor = BoxingPredictor(load_artifact(tiny_model_file(tmp_path)), backend="torch")
+    s = evaluate_localisation(predictor, fractured, truth, ["gradcam"], None, progress=False, negatives=normal).summary
+    assert s["settings"]["n_images"] == 2 and s["settings"]["n_normal_films"] == 3
+    det = s["detection"]
+    assert set(det) == {"gradcam", "model"} and det["gradcam"]["n_films"] == 5 and det["gradcam"]["n_true_boxes"] == 2
+    # the model's boxes: both true boxes ranked first, then 5 false ones (one per film) → AP 1, sens@1FP 1
+    assert det["model"]["map50"] == pytest.approx(1.0) and det["model"]["sensitivity_at_1fp"] == 1.0
+    assert det["model"]["n_predicted_boxes"] == 7
+    centre = s["detection_baselines"]["centre"]
+    assert centre["n_predicted_boxes"] == 5 and 0.0 <= centre["map50"] <= 1.0
+    # the whole-film box has IoU 0.25 with the centre box: a miss; so at most one of two boxes is found
+    assert centre["sensitivity_at_1fp"] <= 0.5
+    text = format_localisation(s)
+    assert "mAP50" in text and "[centre]" in text and "model" in text
+    frag = localisation_html(s, tmp_path / "none")
+    assert "box mAP50" in frag and "baseline: centre" in frag

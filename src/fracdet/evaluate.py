@@ -113,8 +113,10 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
         from fracdet.localisation import evaluate_localisation, load_coco_boxes
 
         fractured = [samples[i] for i, t in zip(idx, y) if t == 1]
+        normal = [samples[i] for i, t in zip(idx, y) if t == 0]  # for box mAP50 / false positives per film
         extra["localisation"] = evaluate_localisation(
-            predictor, fractured, load_coco_boxes(boxes), cam_methods, Path(out_dir) / "localisation").summary
+            predictor, fractured, load_coco_boxes(boxes), cam_methods, Path(out_dir) / "localisation",
+            negatives=normal).summary
     info = {**{k: v for k, v in art.describe().items() if k in ("architecture", "threshold_rule", "threshold_note")},
             "calibration": art.metrics.get("calibration", {}), "model": str(model or "default"),
             "fracdet_version": art.version}

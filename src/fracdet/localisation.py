@@ -13,6 +13,14 @@ Per image with at least one fracture box (all coordinates in pixels of the origi
 Baselines: ``centre`` (a Gaussian at the image centre, σ = ¼ of each side) and ``bone``
 (the radiograph's own brightness, smoothed — bone is bright); ``area_fraction`` (the boxes'
 share of the image) is the energy a uniform map would put in the boxes.
+
+Boxes as detections, over fractured films with boxes *and* normal films (``negatives``): each
+method's scored boxes — the connected regions of its map at ≥ ``box_fraction`` × peak, scored by
+region peak × the image probability (:func:`fracdet.boxmetrics.boxes_from_map`), or the model's
+own ``Prediction.boxes`` (method ``model``, when the model has a box head) — give box mAP50 and
+the sensitivity at 1 false-positive box per film (:mod:`fracdet.boxmetrics`); baseline ``centre``
+is one box over the central half of the film, scored by the probability.  A model with a learned
+map (``Prediction.heatmap`` from the plain prediction) is scored as method ``model`` too.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fracdet.boxmetrics import boxes_from_map, detection_summary, xywh_to_corners
 from fracdet.errors import FracdetError
 from fracdet.explain import Box, top_box
 
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 BASELINES = ("centre", "bone")
 DEFAULT_TOLERANCE = 0.025
 DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam")
+MODEL = "model"  # the model's own learned map / boxes, when it has them
 
 
 # ---------------------------------------------------------------- boxes
@@ -183,15 +193,31 @@ class LocalisationResult:
     per_image: list[dict[str, Any]]
 
 
+def centre_box(shape: tuple[int, int], probability: float) -> list[tuple[float, float, float, float, float]]:
+    """The ``centre`` detection baseline: one box over the central half of each side."""
+    h, w = shape
+    return [(w / 4, h / 4, 3 * w / 4, 3 * h / 4, float(probability))]
+
+
+def model_boxes(pred: Any) -> list[tuple[float, float, float, float, float]] | None:
+    """The model's own scored boxes (``Prediction.boxes``: (x0, y0, x1, y1, score) in original
+    pixels), or None when the model has no box output."""
+    b = getattr(pred, "boxes", None)
+    return None if b is None else [tuple(float(v) for v in box[:5]) for box in b]  # type: ignore[misc]
+
+
 def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[str, list[Box]],
                           methods: Sequence[str] = DEFAULT_METHODS, out_dir: str | Path | None = None,
                           n_examples: int = 6, tolerance: float = DEFAULT_TOLERANCE, box_threshold: float = 0.5,
-                          batch_size: int = 8, progress: bool = True) -> LocalisationResult:
+                          batch_size: int = 8, progress: bool = True, negatives: Sequence[Any] = (),
+                          box_fraction: float = 0.5) -> LocalisationResult:
     """Score each CAM method and the baselines on the ``samples`` (objects with ``.path``;
-    those whose file name has boxes) and write example overlays under ``out_dir/examples``.
+    those whose file name has boxes) and write example overlays under ``out_dir/examples``;
+    ``negatives`` (normal films, no boxes) join them for the box detection scores.
 
     The summary: ``{method: {pointing_game, energy_in_box, iou, n, seconds_per_image},
-    "baselines": {...}, "area_fraction": ..., "predicted_fractured": {method: {...}}, ...}``;
+    "baselines": {...}, "area_fraction": ..., "predicted_fractured": {method: {...}},
+    "detection": {method: {map50, sensitivity_at_1fp, froc, ...}}, ...}``;
     ``predicted_fractured`` restricts to the images the model calls fractured.
     """
     import torch
@@ -203,11 +229,15 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
     chosen = [s for s in samples if Path(str(s.path)).name in boxes]
     if not chosen:
         raise FracdetError("no evaluated image has a fracture box (file names must match the COCO file_name)")
+    normal = [s for s in negatives if Path(str(s.path)).name not in boxes]
+    chosen = chosen + normal
     size = predictor.artifact.preprocess.input_size
     resize = predictor.artifact.preprocess.resize
     tallies = {m: Tally() for m in [*methods, *BASELINES]}
     area, positive, per_image = [], [], []
     examples: dict[str, list[Path]] = {m: [] for m in methods}
+    detections: dict[str, list[Any]] = {m: [] for m in [*methods, "centre"]}
+    truths: list[Any] = []
     ex_dir = Path(out_dir) / "examples" if out_dir is not None else None
     batches = [chosen[i:i + batch_size] for i in range(0, len(chosen), batch_size)]
     iterator: Iterable[Any] = batches
@@ -228,16 +258,32 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         if not xrays:
             continue
         x = torch.from_numpy(np.stack(tensors))
-        preds = predictor._results(predictor.logits(x), xrays)
+        # the predictor's own results step (named graph outputs where it has them, else logits)
+        outputs = predictor._outputs(x) if hasattr(predictor, "_outputs") else predictor.logits(x)
+        preds = predictor._results(outputs, xrays)
         maps: dict[str, list[np.ndarray]] = {}
         for m in methods:
             t0 = time.perf_counter()
             maps[m] = heatmaps(predictor.model, x, xrays, m, resize)
             tallies[m].seconds += time.perf_counter() - t0
         for j, (xr, pred) in enumerate(zip(xrays, preds)):
-            bxs = boxes[Path(str(xr.path)).name]
+            bxs = boxes.get(Path(str(xr.path)).name, [])
             shape = maps[methods[0]][j].shape if methods else (xr.pixels.shape[0], xr.pixels.shape[1])
+            truths.append(xywh_to_corners(bxs))
+            prob = float(pred.probability or 0.0)
+            for m in methods:
+                detections[m].append(boxes_from_map(maps[m][j], prob, box_fraction))
+            detections["centre"].append(centre_box(shape, prob))
+            own = model_boxes(pred)
+            if own is not None:
+                detections.setdefault(MODEL, []).append(own)
+            if not bxs:  # a normal film: detection scores only
+                continue
             row: dict[str, Any] = {"path": str(xr.path), "probability": pred.probability, "boxes": len(bxs)}
+            learned = getattr(pred, "heatmap", None)
+            if learned is not None:
+                row[MODEL] = score_map(np.asarray(learned, dtype=np.float32), bxs, tolerance, box_threshold)
+                tallies.setdefault(MODEL, Tally()).add(row[MODEL])
             for m in methods:
                 row[m] = score_map(maps[m][j], bxs, tolerance, box_threshold)
                 tallies[m].add(row[m])
@@ -258,12 +304,20 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
                     examples[m].append(save_overlay(
                         ex_dir / f"{stem}.{m.replace('+', 'p')}.png", full, hm, text=verdict_text(pred),
                         method=m, box=top_box(hm, box_threshold), true_boxes=bxs))
-    summary: dict[str, Any] = {m: tallies[m].summary() for m in methods}
+    map_methods = [*methods, *([MODEL] if MODEL in tallies else [])]
+    summary: dict[str, Any] = {m: tallies[m].summary() for m in map_methods}
     summary["baselines"] = {b: tallies[b].summary() for b in BASELINES}
     summary["area_fraction"] = float(np.mean(area)) if area else None
-    summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*methods, *BASELINES]}
-    summary["settings"] = {"tolerance": tolerance, "box_threshold": box_threshold, "methods": methods,
-                           "baselines": list(BASELINES), "n_images": len(per_image)}
+    if MODEL in tallies and len(tallies[MODEL].rows) == len(positive):
+        summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*map_methods, *BASELINES]}
+    else:
+        summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*methods, *BASELINES]}
+    summary["detection"] = {m: detection_summary(d, truths) for m, d in detections.items()
+                            if m != "centre" and len(d) == len(truths)}
+    summary["detection_baselines"] = {"centre": detection_summary(detections["centre"], truths)}
+    summary["settings"] = {"tolerance": tolerance, "box_threshold": box_threshold, "methods": map_methods,
+                           "baselines": list(BASELINES), "n_images": len(per_image), "box_fraction": box_fraction,
+                           "n_normal_films": len(truths) - len(per_image)}
     if out_dir is not None:
         from fracdet.fsutil import write_json
 
@@ -298,7 +352,22 @@ def format_localisation(summary: dict[str, Any]) -> str:
     if summary.get("area_fraction") is not None:
         lines.append(f"boxes cover {summary['area_fraction']:.3f} of the image on average "
                      "(the energy a uniform map would put in them)")
+    det = _detection_rows(summary)
+    if det:
+        st = summary.get("settings", {})
+        lines += ["", f"boxes as detections ({st.get('n_images', 0)} fractured + {st.get('n_normal_films', 0)} normal "
+                  "films; IoU ≥ 0.5):",
+                  f"{'boxes from':<12} {'mAP50':>7} {'sens@1FP':>9} {'true':>5} {'predicted':>10}"]
+        for name, d in det:
+            lines.append(f"{name:<12} {f(d.get('map50')):>7} {f(d.get('sensitivity_at_1fp')):>9} "
+                         f"{d.get('n_true_boxes', 0):>5} {d.get('n_predicted_boxes', 0):>10}")
+        lines.append("(sens@1FP: share of true boxes hit at the score threshold giving 1 false-positive box per film)")
     return "\n".join(lines)
+
+
+def _detection_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = list(summary.get("detection", {}).items())
+    return rows + [(f"[{b}]", d) for b, d in summary.get("detection_baselines", {}).items()]
 
 
 def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples: int = 4,
@@ -331,6 +400,22 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
              f"{num(summary.get('area_fraction'))}); IoU: the 'look here' box (map ≥ "
              f"{st.get('box_threshold', 0.5)} × peak, largest region) with the best true box.</p>",
              f"<table><tr>{head}</tr>{body}</table>"]
+    det = _detection_rows(summary)
+    if det:
+        dhead = "".join(f"<th>{h}</th>" for h in ("boxes from", "box mAP50", "sensitivity at 1 FP box / film",
+                                                   "true boxes", "predicted boxes"))
+        dbody = "".join(
+            f"<tr><td>{html.escape(name.strip('[]') if not name.startswith('[') else 'baseline: ' + name[1:-1])}</td>"
+            f"<td>{num(d.get('map50'))}</td><td>{num(d.get('sensitivity_at_1fp'))}</td>"
+            f"<td>{d.get('n_true_boxes')}</td><td>{d.get('n_predicted_boxes')}</td></tr>" for name, d in det)
+        parts += ["<h3>Boxes as detections</h3>",
+                  f"<p>{st.get('n_images', 0)} fractured film(s) with boxes and {st.get('n_normal_films', 0)} normal "
+                  "film(s) (every box on a normal film is a false positive). Boxes from a map: its regions at ≥ "
+                  f"{st.get('box_fraction', 0.5)} × peak, scored by region peak × the image probability; the model's "
+                  "own boxes where it has them; baseline: one box over the central half, scored by the probability. "
+                  "mAP50: COCO 101-point AP at IoU ≥ 0.5; sensitivity at the score threshold giving one "
+                  "false-positive box per film on average (FROC).</p>",
+                  f"<table><tr>{dhead}</tr>{dbody}</table>"]
     for method, pngs in localisation_figures(out_dir).items():
         figs = []
         for png in pngs[:max_examples]:

@@ -151,6 +151,11 @@ def render_html(m: dict[str, Any], figure_dir: str | Path, title: str = "fracdet
         keys = ["n", "roc_auc", "accuracy", "sensitivity", "specificity"]
         parts.append(_table(["metric", "all", "deduplicated"], [[_e(k), _num(m.get(k)), _num(dd.get(k))] for k in keys]))
 
+    if m.get("localisation"):
+        from fracdet.localisation import localisation_html
+
+        parts.append(localisation_html(m["localisation"], fig_dir / "localisation"))
+
     figs = [f for f in FIGURES if (fig_dir / f).is_file() and (f in m.get("figures", []) or f == "confusion_matrix.png")]
     if figs:
         parts.append("<h2>Figures</h2>")
