@@ -58,6 +58,8 @@ SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
     "qop-minmax-fpstem": ("QOperator, s8 weights, the image's convolution left in float32 (fracdet's scheme)",
                           {"float_image_convs": True}),
     "qop-minmax-rr-fpstem": ("same, reduce_range", {"reduce_range": True, "float_image_convs": True}),
+    "qop-minmax-fpstem-fpdw": ("QOperator, s8 weights, the image's and the depthwise convolutions in float32",
+                               {"float_image_convs": True, "float_depthwise_convs": True}),
     "qop-u8w-fpstem": ("QOperator, u8 weights, stem in float32", {"weight_type": "QUInt8", "float_image_convs": True}),
     "qop-minmax-fpends": ("QOperator, s8 weights, stem and classifier head in float32",
                           {"nodes_to_exclude": [STEM, *HEAD]}),
