@@ -66,7 +66,7 @@ def test_default_model_int8_drift_is_judged_on_this_cpu():
     assert art.int8_onnx is not None
     val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data, art.recorded_split())
     got = compare_int8(art.float32_graph(), art.int8_onnx, val, build_transforms(art.preprocess),
-                       art.temperature, art.threshold)
+                       art.calibration_in_use(), art.threshold)
     assert got["n"] == art.int8["check"]["n"] and 0.0 <= got["mean_abs_diff"] <= got["max_abs_diff"] <= 1.0
     here = int8_kernel_class()
     checks = dict(art.int8.get("checks") or {})

@@ -35,6 +35,8 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
                            "artifact (`test_before_recalibration`); measure again with `fracdet evaluate`.", ""]
     else:
         splits_note = []
+    if isinstance(metrics.get("test_note"), str):  # what touched the test split, when more than one measurement
+        splits_note += ["", metrics["test_note"], ""]
     lines = [*splits_note, "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_cell(metrics[s], k) for s in splits) + " |")
@@ -216,12 +218,13 @@ def render_model_card(art: ModelArtifact) -> str:
         *_audit_lines(d.get("audit")),
         *([f"- recalibrated (`fracdet calibrate`) on {d['calibrated_on'].get('which')} of "
            f"`{d['calibrated_on'].get('data')}` ({d['calibrated_on'].get('n')} images, "
-           f"{d['calibrated_on'].get('positives')} fractured): temperature and thresholds below come from there"]
+           f"{d['calibrated_on'].get('positives')} fractured): calibration and thresholds below come from there"]
           if isinstance(d.get("calibrated_on"), dict) else []),
         "",
         "## Metrics",
         "Measured at the stored threshold with calibrated probabilities; val is the split the threshold "
-        "and temperature were chosen on, test was used for nothing but this measurement.",
+        "and calibration were chosen on, test was used for nothing but measurement"
+        + (" (see below)." if isinstance(m.get("test_note"), str) else "."),
         "",
         *_metrics_table(m),
         "",
