@@ -4,6 +4,11 @@ Phase 1 trains the head with the backbone frozen; phase 2 unfreezes the backbone
 or from a named stage on) with a lower learning rate than the head's.  Each phase has early
 stopping and keeps its best checkpoint.  The run folder gets the resolved config, the split,
 per-epoch metrics, curves, evaluation figures and the final artifact.
+
+Every epoch ends with a resumable checkpoint (``checkpoints/<phase>-last.ckpt``, written
+atomically: Lightning's full state — epoch, optimizer, scheduler, early stopping, best
+checkpoint, the metrics table).  Shuffling, augmentation and dropout are seeded per (phase,
+epoch), so :func:`resume` continues an interrupted run to the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,17 +27,18 @@ import lightning as L
 import torch
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fracdet import __version__
 from fracdet.artifact import ModelArtifact, load_artifact, save_artifact
 from fracdet.calibration import apply_calibration, calibrated_probability, expected_calibration_error
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset, load_dataset
-from fracdet.data.loader import make_loader
+from fracdet.data.loader import EpochShuffle, epoch_seed, make_loader
 from fracdet.data.selection import split_manifest
 from fracdet.data.splits import assert_no_group_leakage
-from fracdet.errors import DatasetError
-from fracdet.fsutil import write_json, write_text
+from fracdet.errors import DatasetError, FracdetError
+from fracdet.fsutil import atomic_path, write_json, write_text
 from fracdet.logsetup import quiet_lightning
 from fracdet.metrics import binary_metrics, with_bootstrap_ci
 from fracdet.models import FracNet, create_model
@@ -147,10 +153,68 @@ class EpochTable(Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in self.COLUMNS}
         lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
         self.rows.append({"phase": self.phase, "epoch": len(self.rows), **m, "lr": lr})
+        self.write()
+
+    def write(self) -> None:
         lines = [",".join(self.COLUMNS)]
         for r in self.rows:
             lines.append(",".join(str(r.get(c, "")) for c in self.COLUMNS))
         write_text(self.path, "\n".join(lines) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows[:] = [dict(r) for r in state_dict.get("rows", [])]  # in place: the next phase shares the list
+
+
+class EpochSeeding(Callback):
+    """Reseeds Python, NumPy and torch at the start of every training epoch from (seed, phase,
+    epoch, rank), so dropout in epoch k does not depend on the epochs before it (augmentation is
+    seeded per image by :class:`~fracdet.data.loader.EpochShuffle`)."""
+
+    def __init__(self, seed: int, phase: int) -> None:
+        self.seed, self.phase = seed, phase
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import random
+
+        import numpy as np
+
+        s = epoch_seed(self.seed, 2, self.phase, trainer.current_epoch, trainer.global_rank)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class ResumedAtEpochEnd(Callback):
+    """Completes what a checkpoint written at an epoch's end misses when a run resumes from it:
+    the epoch's ReduceLROnPlateau step (Lightning steps plateau schedulers after the checkpoint
+    hook, other epoch schedulers before it), and an early stop decided in that epoch."""
+
+    def __init__(self, monitor: str, rows: list[dict[str, Any]]) -> None:
+        self.monitor, self.rows, self.resumed = monitor, rows, False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.resumed or trainer.current_epoch == 0:
+            return
+        early = trainer.early_stopping_callback
+        if early is not None and (early.stopped_epoch > 0 or early.wait_count >= early.patience):
+            trainer.should_stop = True
+            return
+        value = self.rows[-1].get(self.monitor) if self.rows else None
+        for config in trainer.lr_scheduler_configs:
+            if config.interval == "epoch" and config.reduce_on_plateau and value is not None:
+                pl_module.lr_scheduler_step(config.scheduler, float(value))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, then renamed over it: a kill
+    during the write leaves the previous checkpoint whole (Lightning's own local write is not)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 @dataclass
@@ -169,16 +233,26 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{stamp}"
 
 
+PHASES = ("head", "finetune")
+
+
 def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: list[dict[str, Any]]) -> L.Trainer:
     mode = "max" if cfg.monitor == "val_auroc" else "min"
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename=f"{phase}-best", monitor=cfg.monitor, mode=mode,
         save_top_k=1, save_weights_only=True, enable_version_counter=False,
     )
+    last = ModelCheckpoint(  # after the best one: its saved state includes this epoch's best
+        dirpath=run_dir / "checkpoints", filename=f"{phase}-last", monitor=None, save_top_k=1,
+        save_weights_only=False, enable_version_counter=False, save_on_train_epoch_end=True,
+    )
     callbacks: list[Callback] = [
         ckpt,
+        last,
         EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
         EpochTable(run_dir / "metrics.csv", rows, phase),
+        EpochSeeding(cfg.seed, PHASES.index(phase)),
+        ResumedAtEpochEnd(cfg.monitor, rows),
     ]
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -199,6 +273,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
         precision=cfg.precision,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         # passed only when set: an explicit 1.0 makes Lightning announce "100% of the batches will be used"
@@ -217,7 +292,10 @@ def _limit(value: float | int | None) -> float | int | None:
 
 def _load_best(module: FractureModule, trainer: L.Trainer) -> str:
     """Load the phase's best checkpoint into ``module``; returns its path ('' when none)."""
-    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = trainer.checkpoint_callback
+    path = ckpt.best_model_path if ckpt else ""
+    if path and not Path(path).is_file() and isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+        path = str(Path(ckpt.dirpath) / Path(path).name)  # a resumed run whose folder was moved
     if path and Path(path).is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
@@ -282,14 +360,17 @@ def prepare_data(cfg: TrainConfig) -> Dataset:
     return ds
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run both phases and write the run folder; returns the artifact path (rank 0)."""
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run both phases and write the run folder; returns the artifact path (rank 0).
+
+    With ``resume`` (see :func:`resume`) the run folder ``cfg.out`` exists: its split is checked,
+    finished phases are skipped and an unfinished one continues from its last checkpoint."""
     cfg.validate()  # a bad stage name or a missing GPU: refused now, not after phase 1
     run_dir = _run_dir(cfg)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, resume)
     finally:
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
@@ -297,9 +378,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             os.environ[RUN_DIR_ENV] = previous
 
 
-def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = prepare_data(cfg)
+    if resume:
+        _check_same_split(ds, run_dir)
     model = create_model(cfg.model, pretrained=cfg.pretrained, head_hidden=cfg.head_hidden,
                          dropout=cfg.dropout, weights_path=cfg.weights)
     model = model.to(memory_format=torch.channels_last)  # measured 1.5× faster training steps on CPU
@@ -311,7 +394,7 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
     pos_weight = (len(train_s) - n_pos) / max(n_pos, 1) if cfg.class_weighting else 1.0
 
     is_zero = is_first_process()
-    if is_zero:
+    if is_zero and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {**cfg.to_dict(), "resolved_input_size": spec.input_size})
         ds.to_csv(run_dir / "split.csv")
@@ -324,10 +407,17 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
                              cache=cfg.cache_images)
     rows: list[dict[str, Any]] = []
     module = FractureModule(model, cfg, pos_weight=pos_weight, phase="head")
-    for number, (phase, epochs) in enumerate((("head", cfg.phase1_epochs), ("finetune", cfg.phase2_epochs)), 1):
+    lasts = {phase: run_dir / "checkpoints" / f"{phase}-last.ckpt" for phase in PHASES}
+    for number, (phase, epochs) in enumerate(zip(PHASES, (cfg.phase1_epochs, cfg.phase2_epochs)), 1):
         if epochs <= 0:
             continue
         label = f"phase {number}/2 {phase}"
+        if resume and phase == "head" and cfg.phase2_epochs > 0 and lasts["finetune"].is_file():
+            if is_zero:
+                log.info("%s: finished before the interruption", label)
+            continue
+        ckpt_path = lasts[phase] if resume and lasts[phase].is_file() else None
+        first_epoch = _check_checkpoint(ckpt_path, module) + 1 if ckpt_path is not None else 0
         if phase == "head":
             model.freeze_backbone()
             what = "the head, backbone frozen"
@@ -335,16 +425,76 @@ def _train(cfg: TrainConfig, run_dir: Path) -> TrainResult:
             model.unfreeze_backbone(cfg.unfreeze_from)
             what = f"the head and the backbone ({f'from {cfg.unfreeze_from} on' if cfg.unfreeze_from else 'all of it'})"
         module.phase = phase
+        if isinstance(train_loader.sampler, EpochShuffle):  # order and augmentation per (phase, epoch)
+            train_loader.sampler.start(number, first_epoch)
         trainer = _trainer(cfg, run_dir, phase, epochs, rows)
+        if ckpt_path is not None:
+            for cb in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(cb, ResumedAtEpochEnd):
+                    cb.resumed = True
         if is_zero:
-            log.info("%s: training %s, up to %d epoch(s)", label, what, epochs)
-        trainer.fit(module, train_loader, val_loader)
+            if ckpt_path is not None:
+                log.info("%s: resuming %s from %s", label, what, ckpt_path)
+            else:
+                log.info("%s: training %s, up to %d epoch(s)", label, what, epochs)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
         best_path = _load_best(module, trainer)
         if is_zero:
             _phase_done(label, cfg, trainer, best_path)
     if not is_zero:
         return TrainResult(run_dir, None, {})
     return _finish_run(cfg, ds, model, spec, run_dir, rows)
+
+
+def resume(run_dir: str | Path, progress: bool | None = None) -> TrainResult:
+    """Continue an interrupted run in ``run_dir`` from its saved config, split and last
+    checkpoint: finished phases are skipped, the unfinished one goes on from the end of its
+    last completed epoch, and the run ends as an uninterrupted run with the same seed would.
+
+    Refused with one line (:class:`~fracdet.errors.FracdetError`) when the folder is missing or
+    not a run folder, the run has finished, or the data no longer gives the run's split."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FracdetError(f"{run}: no such run folder")
+    try:
+        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise FracdetError(f"{run}: not a fracdet run folder (config.json: {type(exc).__name__})") from None
+    if (run / "model.fracdet").is_file():
+        raise FracdetError(f"{run}: this run has finished (model.fracdet is there); nothing to resume")
+    if not (run / "split.csv").is_file():
+        raise FracdetError(f"{run}: not a fracdet run folder (no split.csv)")
+    cfg.out = str(run)
+    if progress is not None:
+        cfg.progress = progress
+    log.info("resuming run %s", run)
+    return train(cfg, resume=True)
+
+
+def _check_same_split(ds: Dataset, run_dir: Path) -> None:
+    """Refuse to resume when the data no longer gives the split the run started with."""
+    path = run_dir / "split.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            saved = {(str((run_dir / r["path"]).resolve()), int(r["label"]), r["split"]) for r in csv.DictReader(fh)}
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+        raise FracdetError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if saved != {(str(Path(s.path).resolve()), int(s.label), s.split or "") for s in ds.samples}:
+        raise FracdetError(f"{run_dir}: the data at {ds.root} no longer gives this run's split (split.csv); "
+                           "resume needs the data the run started with")
+
+
+def _check_checkpoint(path: Path, module: FractureModule) -> int:
+    """The epoch of a last checkpoint that loads (tensors and plain values only) and fits ``module``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state, epoch = ckpt["state_dict"], int(ckpt["epoch"])
+        ckpt["loops"], ckpt["optimizer_states"]  # noqa: B018  (a full checkpoint, not weights only)
+    except Exception as exc:  # truncated, not a torch file, weights only, or unexpected objects
+        raise FracdetError(f"{path}: not a resumable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or set(state) != set(module.state_dict()):
+        raise FracdetError(f"{path}: the checkpoint does not fit the run's model {module.cfg.model!r}")
+    return epoch
 
 
 def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir: Path,
@@ -486,4 +636,4 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
         return out
 
 
-__all__ = ["AugmentConfig", "FractureModule", "TrainConfig", "TrainResult", "prepare_data", "train"]
+__all__ = ["AugmentConfig", "FractureModule", "TrainConfig", "TrainResult", "prepare_data", "resume", "train"]

@@ -61,19 +61,32 @@ def add_train(sub: Any) -> None:
     p.add_argument("--refinish", metavar="RUN_DIR",
                    help="no training: redo calibration, operating points, evaluation and the artifact of RUN_DIR "
                         "from its config and best checkpoint (after an interruption or a fracdet upgrade)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR with its saved config and split: finished phases "
+                        "are skipped, the unfinished one goes on after its last completed epoch "
+                        "(checkpoints/<phase>-last.ckpt, written each epoch), ending as an uninterrupted run would")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from fracdet.config import TrainConfig
     from fracdet.errors import FracdetError
-    from fracdet.train import refinish, train
+    from fracdet.train import refinish, resume, train
 
+    if a.refinish and a.resume:
+        raise FracdetError("fracdet train: --refinish and --resume are two different things; give one")
     if a.refinish:
         _print_run_summary(refinish(a.refinish))
         return 0
+    if a.resume:
+        if a.data:
+            raise FracdetError("fracdet train --resume: the run's saved config names the data; give no DATA")
+        result = resume(a.resume, progress=not a.no_progress and sys.stderr.isatty())
+        if result.artifact_path is not None:
+            _print_run_summary(result)
+        return 0
     if not a.data:
-        raise FracdetError("fracdet train: give the DATA to train on (or --refinish RUN_DIR)")
+        raise FracdetError("fracdet train: give the DATA to train on (or --resume / --refinish RUN_DIR)")
 
     cfg = TrainConfig(data=a.data, layout=a.layout, out=a.out)
     for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
