@@ -82,7 +82,8 @@ def add_predict(sub: Any) -> None:
     e.add_argument("--workers", type=int, metavar="N",
                    help="Ray actors, one model each (default: the cluster's CPUs less one, left for reading)")
     e.add_argument("--resume", action="store_true",
-                   help="with --engine ray: skip the inputs already in --out's shards")
+                   help="skip the inputs already in --out: the rows of an interrupted (or finished) .csv run, "
+                   "kept in OUT.partial as they are written, or with --engine ray the Parquet shards")
     e.add_argument("--csv", action="store_true",
                    help="with --engine ray: also write OUT/predictions.csv (and OUT/studies.csv with --by-study)")
     r = p.add_argument_group("records")
@@ -97,8 +98,11 @@ def add_predict(sub: Any) -> None:
 def _cmd_predict(a: argparse.Namespace) -> int:
     if a.engine == "ray":
         return _cmd_predict_ray(a)
-    if a.address or a.workers or a.resume or a.csv:
-        print("error: --address, --workers, --resume and --csv go with --engine ray", file=sys.stderr)
+    if a.address or a.workers or a.csv:
+        print("error: --address, --workers and --csv go with --engine ray", file=sys.stderr)
+        return 2
+    if a.resume and (not a.out or a.by_study):
+        print("error: --resume continues a --out FILE.csv of image rows (not --by-study)", file=sys.stderr)
         return 2
     from fracdet.io.dicom import DicomOptions
     from fracdet.io.images import iter_image_files
@@ -114,7 +118,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     files = list(iter_image_files(a.paths))
     options = DicomOptions(force=a.force, window=a.dicom_window)
     rows = []
-    with PredictionWriter(a.out) as writer:
+    with PredictionWriter(a.out, resume=a.resume) as writer:
+        files = [f for f in files if str(f) not in writer.finished]  # --resume: done before the interruption
         stream = predictor.predict_paths(files, batch_size=a.batch_size, dicom=options,
                                          heatmaps=a.heatmaps is not None, cam_method=a.cam_method)
         overlays = None
@@ -147,6 +152,9 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         else:
             _print_predictions(rows)
     bad = sum(not r.ok for r in rows)
+    if not rows and writer.finished:
+        log.info("all files were already in %s", a.out)
+        return 0
     if not rows:
         print("error: no image files found in " + ", ".join(a.paths), file=sys.stderr)
         return 2
