@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,3 +43,26 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (indented, UTF-8)."""
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+_CHECK_MARK = b"\nfracdet-sha256:"
+
+
+def write_verified(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` atomically with its SHA-256 appended, for :func:`read_verified`: a cache
+    entry that two processes may write at once (unique temporary names, one rename each)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data + _CHECK_MARK + hashlib.sha256(data).hexdigest().encode())
+    return Path(path)
+
+
+def read_verified(path: str | Path) -> bytes | None:
+    """The data :func:`write_verified` wrote, or None when the file is missing, cut or damaged."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    data, mark, digest = raw.rpartition(_CHECK_MARK)
+    if not mark or hashlib.sha256(data).hexdigest().encode() != digest:
+        return None
+    return data

@@ -170,31 +170,72 @@ class HashCache:
         self.db: sqlite3.Connection | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("CREATE TABLE IF NOT EXISTS entries (sha1 TEXT, version TEXT, data TEXT, "
-                            "PRIMARY KEY (sha1, version))")
-            self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
-                            "mtime_ns INTEGER, sha1 TEXT)")
-            self.db.commit()
-        except (OSError, sqlite3.Error) as exc:
+            self.db = self._open()
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: start a new one
+            if self.db is not None:
+                self.db.close()
+            self.db = None
+            if isinstance(exc, sqlite3.OperationalError):  # locked or unwritable: not damage
+                logger.warning("hash cache %s unusable (%s); continuing without it", self.path, exc)
+                return
+            logger.warning("hash cache %s is damaged (%s); starting a new one", self.path, exc)
+            try:
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.damaged"))
+                self.db = self._open()
+            except (OSError, sqlite3.Error) as exc2:
+                logger.warning("hash cache %s unusable (%s); continuing without it", self.path, exc2)
+                self.db = None
+        except OSError as exc:
             logger.warning("hash cache %s unusable (%s); continuing without it", self.path, exc)
             self.db = None
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and check the file (SQLite serialises concurrent writers; readers never see a
+        half-written transaction)."""
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS entries (sha1 TEXT, version TEXT, data TEXT, "
+                       "PRIMARY KEY (sha1, version))")
+            db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+                       "mtime_ns INTEGER, sha1 TEXT)")
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def lookup(self, path: Path, size: int, mtime_ns: int) -> dict[str, Any] | None:
         """The cached fingerprint of ``path`` if its size and mtime are unchanged."""
         if self.db is None:
             return None
-        row = self.db.execute("SELECT size, mtime_ns, sha1 FROM files WHERE path = ?", (str(path),)).fetchone()
+        try:
+            row = self.db.execute("SELECT size, mtime_ns, sha1 FROM files WHERE path = ?", (str(path),)).fetchone()
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return None
         if row is None or row[0] != size or row[1] != mtime_ns:
             return None
         return self.get(row[2])
 
     def get(self, sha1: str) -> dict[str, Any] | None:
+        """The cached record of content ``sha1``; None when absent or unreadable (then recomputed)."""
         if self.db is None:
             return None
-        row = self.db.execute("SELECT data FROM entries WHERE sha1 = ? AND version = ?",
-                              (sha1, HASH_VERSION)).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            row = self.db.execute("SELECT data FROM entries WHERE sha1 = ? AND version = ?",
+                                  (sha1, HASH_VERSION)).fetchone()
+            rec = json.loads(row[0]) if row else None
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return None
+        except (ValueError, TypeError):  # a damaged entry: hashed again (and stored again)
+            return None
+        return rec if isinstance(rec, dict) and rec.get("sha1") == sha1 else None
+
+    def _give_up(self, exc: Exception) -> None:
+        """A read failed (a damaged file, a lock held too long): one warning, then no cache."""
+        logger.warning("hash cache %s: cannot read (%s); continuing without it", self.path, exc)
+        self.close()
 
     def store(self, items: Iterable[tuple[Path, int, int, dict[str, Any]]]) -> None:
         """Store (path, size, mtime_ns, record) in one transaction; failures are not cached."""

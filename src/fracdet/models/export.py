@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fracdet.errors import ArtifactError, FracdetError
-from fracdet.fsutil import atomic_path
+from fracdet.fsutil import atomic_path, read_verified, write_verified
 
 log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-3
@@ -153,14 +153,18 @@ def cached_onnx_bytes(artifact: Any) -> bytes:
     """The float32 graph of ``artifact`` for one that carries none, exported once and cached
     under a name made of its content digest alone (never of a field read from a model file)."""
     path = _cache_dir() / f"{artifact_digest(artifact)}.onnx"
-    if path.is_file():
-        return path.read_bytes()
+    cached = read_verified(path)  # stored with its SHA-256: a damaged entry is exported again
+    if cached is not None:
+        return cached
+    if path.exists():
+        log.warning("ONNX cache entry %s is damaged or from an older fracdet; exporting again", path)
     log.info("exporting %s to ONNX (once per model): %s", artifact.architecture, path)
     with torch.inference_mode(False):
         data = onnx_bytes(build_model(artifact), artifact.preprocess.input_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        write_verified(path, data)  # unique temporary name, one rename: concurrent runs may both write
+    except OSError as exc:
+        log.warning("ONNX cache %s not written (%s)", path, exc)
     return data
 
 
