@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from fracdet.transforms import AugmentConfig
@@ -109,3 +111,82 @@ def _check_accelerator(name: str) -> None:
     if not present:
         raise FracdetError(f"--accelerator {name}: no {name} is available on this machine "
                            "(use --accelerator cpu or auto)")
+
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The training options in a JSON or YAML file (``fracdet train --config``): a mapping of
+    :class:`TrainConfig` fields (``augment`` a mapping of :class:`AugmentConfig` fields).
+    Unknown keys or values of the wrong type: a one-line :class:`~fracdet.errors.FracdetError`."""
+    from fracdet.errors import FracdetError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FracdetError(f"{p}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # a parser's own error types: one line naming the file
+        raise FracdetError(f"{p}: not a valid {p.suffix.lstrip('.').upper() or 'JSON'} config file "
+                           f"({type(exc).__name__})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FracdetError(f"{p}: a config file must hold a mapping of training options")
+    _check_fields(p, data, TrainConfig, "")
+    if "augment" in data:
+        if not isinstance(data["augment"], dict):
+            raise FracdetError(f"{p}: augment must be a mapping of augmentation options")
+        _check_fields(p, data["augment"], AugmentConfig, "augment.")
+    if "fractions" in data:
+        fr = data["fractions"]
+        if not (isinstance(fr, list) and len(fr) == 3 and all(_is_type(v, (int, float)) and v >= 0 for v in fr)
+                and abs(sum(fr) - 1.0) < 1e-6):
+            raise FracdetError(f"{p}: fractions must be three non-negative numbers summing to 1")
+    return data
+
+
+def _is_type(v: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+
+
+def _check_fields(p: Path, data: dict[str, Any], cls: type, prefix: str) -> None:
+    from fracdet.errors import FracdetError
+
+    known = {f.name: str(f.type) for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise FracdetError(f"{p}: unknown option(s) {', '.join(prefix + k for k in unknown)}")
+    for k, v in data.items():
+        kind = known[k].replace(" ", "")
+        optional = kind.endswith("|None")
+        base = kind.removesuffix("|None")
+        if v is None and optional:
+            continue
+        if base in _SIMPLE_TYPES and not _is_type(v, _SIMPLE_TYPES[base]):
+            what = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}[base]
+            raise FracdetError(f"{p}: {prefix}{k} must be {what}{' or null' if optional else ''}, not {v!r}")
+
+
+def write_config_file(path: str | Path, options: dict[str, Any]) -> Path:
+    """Write training options as JSON or YAML (by suffix), atomically; :func:`read_config_file` reads it."""
+    from fracdet.fsutil import write_text
+
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(options, sort_keys=False)
+    else:
+        text = json.dumps(options, indent=2) + "\n"
+    write_text(p, text)
+    return p

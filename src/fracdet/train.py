@@ -48,6 +48,7 @@ from fracdet.transforms import AugmentConfig, build_transforms, spec_from_model
 quiet_lightning()  # Lightning's import gave its logger a console handler of its own: each line came twice
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "FRACDET_RUN_DIR"  # shared with DDP worker processes so all ranks use one folder
+EXTRA_CALLBACKS: list[Callback] = []  # added to every phase's trainer while listed (fracdet tune's pruning)
 
 
 def is_first_process() -> bool:
@@ -258,6 +259,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
+    callbacks.extend(EXTRA_CALLBACKS)
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir / "logs", name=phase, version="")]
     try:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir / "logs", name=f"tb-{phase}", version=""))

@@ -13,12 +13,14 @@ from typing import Any, Callable, Sequence
 from fracdet import __version__
 from fracdet.cli.audit import add_audit, add_split
 from fracdet.cli.clinical import add_calibrate, add_ensemble
+from fracdet.cli.cv import add_cv
 from fracdet.cli.evaluate import add_evaluate
 from fracdet.cli.explain import add_explain
 from fracdet.cli.info import add_info, add_models
 from fracdet.cli.predict import add_predict
 from fracdet.cli.quantize import add_quantize
 from fracdet.cli.train import add_train
+from fracdet.cli.tune import add_tune
 from fracdet.cli.upgrade import add_upgrade
 from fracdet.cli.records import add_records
 from fracdet.cli.serve import add_serve
@@ -41,7 +43,7 @@ def _setup_logging(verbose: int) -> None:
     configure(verbose)
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_train, add_evaluate, add_predict, add_explain, add_audit, add_split,
+COMMANDS: list[Callable[[Any], None]] = [add_train, add_cv, add_tune, add_evaluate, add_predict, add_explain, add_audit, add_split,
                                          add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info,
                                          add_serve, add_records, add_dicomnode]
 

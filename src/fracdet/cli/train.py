@@ -12,6 +12,8 @@ def add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a classifier (two phases) and write a run folder with the model")
     p.add_argument("data", nargs="?", help="dataset: split folders, class folders, a CSV manifest or FracAtlas")
     add_layout_option(p)
+    p.add_argument("--config", metavar="FILE",
+                   help="training options from a JSON or YAML file (e.g. `fracdet tune`'s best.json); flags override it")
     p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
     p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
@@ -34,6 +36,8 @@ def add_train(sub: Any) -> None:
     p.add_argument("--monitor", choices=["val_auroc", "val_loss"])
     p.add_argument("--patience", type=int)
     p.add_argument("--no-class-weighting", action="store_true")
+    p.add_argument("--calibration", choices=["auto", "temperature", "platt", "beta", "isotonic"],
+                   help="probability calibration fitted on validation (default auto: the best out-of-fold method)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--input-size", type=int)
     p.add_argument("--head-hidden", type=int)
@@ -69,7 +73,6 @@ def add_train(sub: Any) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from fracdet.config import TrainConfig
     from fracdet.errors import FracdetError
     from fracdet.train import refinish, resume, train
 
@@ -88,30 +91,55 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if not a.data:
         raise FracdetError("fracdet train: give the DATA to train on (or --resume / --refinish RUN_DIR)")
 
-    cfg = TrainConfig(data=a.data, layout=a.layout, out=a.out)
-    for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
-                 "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
-                 "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
-                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
-    cfg.pretrained = not a.no_pretrained
-    cfg.resplit = a.resplit
-    cfg.allow_leakage = a.allow_leakage
-    cfg.int8 = not a.no_int8
-    cfg.class_weighting = not a.no_class_weighting
-    cfg.progress = not a.no_progress and sys.stderr.isatty()
-    aug = cfg.augment
-    aug.enabled = not a.no_augment
-    aug.hflip = not a.no_hflip
-    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p", "noise", "noise_p"):
-        if getattr(a, name) is not None:
-            setattr(aug, name, getattr(a, name))
+    cfg = config_from_args(a)
     result = train(cfg)
     if result.artifact_path is None:
         return 0  # a DDP worker rank: rank 0 reports
     _print_run_summary(result)
     return 0
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The ``fracdet train`` parser on its own, as a parent for commands that take the same
+    training options (``fracdet cv``, ``fracdet tune``)."""
+    holder = argparse.ArgumentParser(add_help=False)
+    sub = holder.add_subparsers()
+    add_train(sub)
+    return sub.choices["train"]
+
+
+def config_from_args(a: argparse.Namespace) -> Any:
+    """The :class:`~fracdet.config.TrainConfig` of parsed ``fracdet train`` options (also used by
+    ``fracdet cv`` and ``fracdet tune``): the ``--config`` file's options, or the defaults, then
+    every flag given on the command line on top."""
+    from fracdet.config import TrainConfig, read_config_file
+
+    cfg = TrainConfig.from_dict(read_config_file(a.config)) if getattr(a, "config", None) else TrainConfig()
+    cfg.data = a.data or cfg.data
+    cfg.out = a.out or cfg.out
+    if a.layout != "auto":
+        cfg.layout = a.layout
+    for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
+                 "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
+                 "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
+                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights", "calibration"):
+        if getattr(a, name, None) is not None:
+            setattr(cfg, name, getattr(a, name))
+    for flag, field, value in (("no_pretrained", "pretrained", False), ("resplit", "resplit", True),
+                               ("allow_leakage", "allow_leakage", True), ("no_int8", "int8", False),
+                               ("no_class_weighting", "class_weighting", False)):
+        if getattr(a, flag, False):
+            setattr(cfg, field, value)
+    cfg.progress = not a.no_progress and sys.stderr.isatty()
+    aug = cfg.augment
+    if a.no_augment:
+        aug.enabled = False
+    if a.no_hflip:
+        aug.hflip = False
+    for name in ("rotation", "translate", "zoom", "brightness", "contrast", "blur_p", "erasing_p", "noise", "noise_p"):
+        if getattr(a, name) is not None:
+            setattr(aug, name, getattr(a, name))
+    return cfg
 
 
 def _print_run_summary(result: Any) -> None:
