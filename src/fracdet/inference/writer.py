@@ -84,6 +84,7 @@ class PredictionWriter:
         self.json_rows: list[dict[str, Any]] = []
         self.finished: set[str] = set()
         self.kept = 0
+        self._keys: set[str] = set()  # the columns the rows have (the final CSV keeps those)
         self._fh: TextIO | None = None
         self._csv: Any = None
         if self.path and self.path.suffix.lower() not in (".csv", ".json"):
@@ -105,6 +106,7 @@ class PredictionWriter:
             kept = read_complete_rows(self.path)
         self.finished = {r["path"] for r in kept}
         self.kept = len(kept)
+        self._keys = {k for r in kept for k, v in r.items() if v != ""}
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=JOURNAL_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -121,6 +123,7 @@ class PredictionWriter:
     def add(self, pred: Any) -> None:
         rows = pred.to_rows() if hasattr(pred, "to_rows") else [pred.to_row()]
         if self._csv is not None:
+            self._keys.update(*rows)
             self._csv.writerows(rows)
             assert self._fh is not None
             self._fh.flush()  # whole rows reach the file as they come: a kill loses only the current one
@@ -140,9 +143,8 @@ class PredictionWriter:
             log.warning("interrupted: the rows written so far are in %s (--resume continues them)", journal)
             return
         rows = read_complete_rows(journal)
-        present = [{k: v for k, v in r.items() if v != ""} for r in rows]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=csv_columns(present), extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=csv_columns([dict.fromkeys(self._keys)]), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         write_text(self.path, buf.getvalue())
