@@ -237,7 +237,10 @@ def _run_dir(cfg: TrainConfig) -> Path:
 PHASES = ("head", "finetune")
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: list[dict[str, Any]]) -> L.Trainer:
+def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: list[dict[str, Any]],
+             log_version: str = "") -> L.Trainer:
+    """The phase's Lightning trainer; ``log_version`` names a resumed session's own log folder
+    (Lightning would delete the interrupted session's logs in the same one)."""
     mode = "max" if cfg.monitor == "val_auroc" else "min"
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename=f"{phase}-best", monitor=cfg.monitor, mode=mode,
@@ -260,9 +263,9 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
 
         callbacks.append(RichProgressBar())
     callbacks.extend(EXTRA_CALLBACKS)
-    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir / "logs", name=phase, version="")]
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir / "logs", name=phase, version=log_version)]
     try:
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir / "logs", name=f"tb-{phase}", version=""))
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir / "logs", name=f"tb-{phase}", version=log_version))
     except ModuleNotFoundError:
         pass
     quiet_lightning()  # in case logging was set up after this module was imported
@@ -429,14 +432,16 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult
         module.phase = phase
         if isinstance(train_loader.sampler, EpochShuffle):  # order and augmentation per (phase, epoch)
             train_loader.sampler.start(number, first_epoch)
-        trainer = _trainer(cfg, run_dir, phase, epochs, rows)
+        version = f"resumed-{_dt.datetime.now():%Y%m%d-%H%M%S}" if ckpt_path is not None else ""
+        trainer = _trainer(cfg, run_dir, phase, epochs, rows, log_version=version)
         if ckpt_path is not None:
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(cb, ResumedAtEpochEnd):
                     cb.resumed = True
         if is_zero:
             if ckpt_path is not None:
-                log.info("%s: resuming %s from %s", label, what, ckpt_path)
+                log.info("%s: resuming after epoch %d of %d from %s (training %s)", label, first_epoch, epochs,
+                         ckpt_path, what)
             else:
                 log.info("%s: training %s, up to %d epoch(s)", label, what, epochs)
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
