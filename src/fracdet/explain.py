@@ -34,12 +34,16 @@ from torch import nn
 
 from fracdet.errors import FracdetError
 from fracdet.transforms import letterbox_window
+from fracdet.fracturemap import original_hw
 
 METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam")
 """CAM methods by name; the first is the default."""
 DEFAULT_METHOD = "gradcam"
+MAP_METHODS = ("learned", "auto")
+"""The model's own learned fracture map (no PyTorch), and ``auto``: it when the model has one, else Grad-CAM."""
 _ALIASES = {"grad-cam": "gradcam", "gradcampp": "gradcam++", "grad-cam++": "gradcam++",
-            "gradcamplusplus": "gradcam++", "eigen-cam": "eigencam", "score-cam": "scorecam"}
+            "gradcamplusplus": "gradcam++", "eigen-cam": "eigencam", "score-cam": "scorecam",
+            "map": "learned", "fracture-map": "learned"}
 
 Box = tuple[float, float, float, float]
 """(x, y, width, height) in pixels of the original image, as in COCO."""
@@ -49,8 +53,8 @@ def method_name(method: str) -> str:
     """The canonical name of ``method``; FracdetError listing the known ones otherwise."""
     m = method.strip().lower()
     m = _ALIASES.get(m, m)
-    if m not in METHODS:
-        raise FracdetError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+    if m not in METHODS + MAP_METHODS:
+        raise FracdetError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS + MAP_METHODS)}")
     return m
 
 
@@ -178,14 +182,6 @@ def unletterbox(cam: np.ndarray, image_hw: tuple[int, int], out_hw: tuple[int, i
     return _normalise(big[0].numpy())[0]
 
 
-def original_hw(pixels: np.ndarray, meta: dict[str, Any] | None) -> tuple[int, int]:
-    """Full (H, W) of the file: ``meta["original_size"]`` (W, H) when present, else the array's."""
-    size = (meta or {}).get("original_size")
-    if size:
-        return int(size[1]), int(size[0])
-    return int(pixels.shape[0]), int(pixels.shape[1])
-
-
 def heatmaps(model: nn.Module, batch: torch.Tensor | np.ndarray, images: Sequence[Any], method: str = DEFAULT_METHOD,
              resize: str = "letterbox") -> list[np.ndarray]:
     """One H×W float32 map in [0, 1] per image at its original size. ``images`` are the
@@ -221,6 +217,7 @@ class OverlayStyle:
     alpha: float = 0.6  # opacity of the hottest colour; cold parts stay the radiograph
     true_colour: tuple[int, int, int] = (0, 230, 0)
     box_colour: tuple[int, int, int] = (0, 200, 255)
+    fracture_colour: tuple[int, int, int] = (255, 60, 60)
 
 
 def _font(size: int) -> Any:
@@ -234,10 +231,12 @@ def _font(size: int) -> Any:
 
 def render_overlay(pixels: np.ndarray, heatmap: np.ndarray, text: str = "", method: str = "",
                    box: Box | None = None, true_boxes: Sequence[Box] = (),
-                   style: OverlayStyle | None = None) -> Any:
+                   style: OverlayStyle | None = None,
+                   fracture_boxes: Sequence[Sequence[float]] = ()) -> Any:
     """A PIL RGB image: the radiograph in gray at the heatmap's (original) size with the map
-    blended in a perceptual colour map, optional boxes (derived: cyan, true: green), and a
-    legend band below with the colour scale and ``text`` (probability / verdict)."""
+    blended in a perceptual colour map, optional boxes (derived: cyan, true: green, the model's
+    fracture boxes ``(x0, y0, x1, y1, score)``: red with their scores), and a legend band below
+    with the colour scale and ``text`` (probability / verdict)."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
@@ -261,6 +260,10 @@ def render_overlay(pixels: np.ndarray, heatmap: np.ndarray, text: str = "", meth
         draw.rectangle([b[0], b[1], b[0] + b[2], b[1] + b[3]], outline=st.true_colour, width=lw)
     if box is not None:
         draw.rectangle([box[0], box[1], box[0] + box[2], box[1] + box[3]], outline=st.box_colour, width=lw)
+    for fb in fracture_boxes:
+        draw.rectangle([fb[0], fb[1], fb[2], fb[3]], outline=st.fracture_colour, width=lw)
+        draw.text((fb[0] + lw, max(0.0, fb[1] - max(10, h // 40) - lw)), f"{fb[4]:.2f}", fill=st.fracture_colour,
+                  font=_font(max(10, h // 40)))
     # legend: colour bar 0..1 on the left of the band, text to its right
     fs = max(10, band // 2 - 2)
     font = _font(fs)
@@ -275,6 +278,8 @@ def render_overlay(pixels: np.ndarray, heatmap: np.ndarray, text: str = "", meth
         legend += "  [green: true box]"
     if box is not None:
         legend += "  [cyan: look here]"
+    if fracture_boxes:
+        legend += "  [red: fracture boxes]"
     room = w - (x0 + bar_w + band // 3) - 4
     while fs > 8 and draw.textlength(legend, font=font) > room:  # shrink to fit narrow images
         fs -= 1

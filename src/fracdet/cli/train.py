@@ -54,6 +54,12 @@ def add_train(sub: Any) -> None:
     p.add_argument("--erasing-p", type=float)
     p.add_argument("--noise", type=float, help="augmentation: max std of Gaussian pixel noise, [0, 1] units (0 = off)")
     p.add_argument("--noise-p", type=float, help="augmentation: probability of pixel noise")
+    p.add_argument("--map-weight", type=float,
+                   help="learn a fracture map from boxes: λ of the per-cell map loss beside the image loss (0 = off)")
+    p.add_argument("--boxes", metavar="COCO_JSON",
+                   help="fracture boxes for --map-weight (default: DATA/annotations/fracture_boxes_coco.json)")
+    p.add_argument("--map-stride", type=int, choices=[16, 32], help="map head resolution (default 16 where possible)")
+    p.add_argument("--map-fuse", type=float, help="image logit = (1 - a)·head + a·max(map) (default 0)")
     p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
     p.add_argument("--num-nodes", type=int)
@@ -122,7 +128,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
     for name in ("model", "seed", "phase1_epochs", "phase2_epochs", "head_lr", "backbone_lr", "phase2_head_lr",
                  "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
                  "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
-                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights", "calibration"):
+                 "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights",
+                 "map_weight", "boxes", "map_stride", "map_fuse", "calibration"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     for flag, field, value in (("no_pretrained", "pretrained", False), ("resplit", "resplit", True),

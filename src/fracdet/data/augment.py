@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fracdet.transforms import AugmentConfig, ModelTransform, PreprocessSpec
@@ -28,8 +29,8 @@ class _PixelNoise(torch.nn.Module):
         return x + torch.randn_like(x) * std
 
 
-def augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The random augmentation of a 1×S×S [0, 1] tensor described by ``aug``."""
+def _geometric(aug: AugmentConfig) -> v2.Compose:
+    """The random affine and flip of ``aug`` (one draw moves an image and its mask alike)."""
     ops: list[Any] = [
         v2.RandomAffine(
             degrees=aug.rotation,
@@ -39,18 +40,45 @@ def augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     ]
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops)
+
+
+def _photometric(aug: AugmentConfig) -> v2.Compose:
+    """The intensity changes of ``aug`` (images only)."""
+    ops: list[Any] = []
     if aug.brightness or aug.contrast:
         ops.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
     if aug.blur_p > 0:
         ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=aug.blur_p))
     if aug.noise > 0 and aug.noise_p > 0:
         ops.append(v2.RandomApply([_PixelNoise(aug.noise)], p=aug.noise_p))
-    pipeline = v2.Compose(ops)
-    erase = v2.RandomErasing(p=aug.erasing_p, value=0.0) if aug.erasing_p > 0 else None
+    return v2.Compose(ops or [v2.Identity()])
+
+
+def augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The random augmentation of a 1×S×S [0, 1] tensor described by ``aug``."""
+    apply_pair = pair_augmenter(aug)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        x = pipeline(x).clamp_(0.0, 1.0)
-        return erase(x) if erase is not None else x
+        return apply_pair(x, None)[0]
+
+    return apply
+
+
+def pair_augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, Any]]:
+    """``f(image, mask)``: the augmentation of :func:`augmenter` on a 1×S×S image, with the same
+    geometric draw applied to a 1×S×S box mask (nearest neighbour; None: image alone)."""
+    geometric, photometric = _geometric(aug), _photometric(aug)
+    erase = v2.RandomErasing(p=aug.erasing_p, value=0.0) if aug.erasing_p > 0 else None
+
+    def apply(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        if mask is None:
+            x = geometric(x)
+        else:
+            x, mask = geometric(x, tv_tensors.Mask(mask))
+            mask = mask.as_subclass(torch.Tensor)
+        x = photometric(x).clamp_(0.0, 1.0)
+        return (erase(x) if erase is not None else x), mask
 
     return apply
 
@@ -60,10 +88,18 @@ class TrainTransform(ModelTransform):
 
     def __init__(self, spec: PreprocessSpec, augment: AugmentConfig) -> None:
         super().__init__(spec)
-        self.augmenter = augmenter(augment)
+        self.pair_augmenter = pair_augmenter(augment)
+
+    def augmenter(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pair_augmenter(x, None)[0]
 
     def finish(self, x: np.ndarray) -> np.ndarray:
         return super().finish(self.augmenter(torch.from_numpy(np.array(x, dtype=np.float32))).numpy())
+
+    def finish_pair(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`finish` of a prepared image and the same geometric change of its 1×S×S box mask."""
+        img, m = self.pair_augmenter(torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(mask))
+        return super().finish(img.numpy()), m.numpy()
 
     def finish_batch(self, prepared: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
         return np.stack([self.finish(p) for p in prepared])
@@ -75,4 +111,4 @@ def build_train_transforms(spec: PreprocessSpec, augment: AugmentConfig | None =
     return TrainTransform(spec, aug) if aug.enabled else ModelTransform(spec)
 
 
-__all__ = ["TrainTransform", "augmenter", "build_train_transforms"]
+__all__ = ["TrainTransform", "augmenter", "build_train_transforms", "pair_augmenter"]

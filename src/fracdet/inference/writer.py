@@ -35,6 +35,11 @@ def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
     return lead + COLUMNS + tail
 
 
+def csv_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as CSV cells: ``boxes`` (a list of ``[x0, y0, x1, y1, score]``) as JSON."""
+    return {k: (json.dumps(v) if k == "boxes" and v is not None else v) for k, v in row.items()}
+
+
 def partial_path(out: str | Path) -> Path:
     """Where the rows of a CSV being written go until it is complete: ``OUT.partial``."""
     out = Path(out)
@@ -124,7 +129,7 @@ class PredictionWriter:
         rows = pred.to_rows() if hasattr(pred, "to_rows") else [pred.to_row()]
         if self._csv is not None:
             self._keys.update(*rows)
-            self._csv.writerows(rows)
+            self._csv.writerows(csv_cells(r) for r in rows)
             assert self._fh is not None
             self._fh.flush()  # whole rows reach the file as they come: a kill loses only the current one
         elif self.path is not None:

@@ -1,4 +1,5 @@
-"""FracNet: a feature-map backbone, global average pooling and a binary head."""
+"""FracNet: a feature-map backbone, global average pooling and a binary head; optionally a
+dense map head (:class:`MapHead`) giving per-cell fracture logits, learned from boxes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fracdet.errors import FracdetError
@@ -34,8 +36,46 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
     return backbone, int(backbone.num_features)
 
 
+MAP_STRIDES = (0, 16, 32)  # 0: no map head
+
+
+def mid_stage_index(backbone: nn.Module, reduction: int = 16) -> int:
+    """Index (into timm's ``feature_info``) of the last backbone stage at ``reduction``."""
+    info = getattr(backbone, "feature_info", None)
+    found = [i for i, f in enumerate(info or []) if int(f["reduction"]) == reduction]
+    if not found or not hasattr(backbone, "forward_intermediates"):
+        raise FracdetError(f"a stride-{reduction} map head needs a timm backbone with a stride-{reduction} stage")
+    return found[-1]
+
+
+class MapHead(nn.Module):
+    """Per-cell fracture logits (N×h×w) from the final feature map and, when ``mid_channels``,
+    a finer stage (FPN-like: the final map reduced, upsampled to the finer grid and added)."""
+
+    def __init__(self, channels: int, mid_channels: int = 0, width: int = 64) -> None:
+        super().__init__()
+
+        def reduce(c: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+        self.reduce = reduce(channels)
+        self.lateral = reduce(mid_channels) if mid_channels else None
+        self.out = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                 nn.ReLU(inplace=True), nn.Conv2d(width, 1, 1))
+        nn.init.constant_(self.out[-1].bias, -4.0)  # fractures are rare cells: start near p = 0.02
+
+    def forward(self, final: torch.Tensor, mid: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.reduce(final)
+        if self.lateral is not None and mid is not None:
+            y = F.interpolate(y, size=tuple(mid.shape[-2:]), mode="nearest") + self.lateral(mid)
+        return self.out(y)[:, 0]
+
+
 class FracNet(nn.Module):
-    """Binary fracture classifier: ``backbone`` → ``pool`` → ``head`` → logits (N,)."""
+    """Binary fracture classifier: ``backbone`` → ``pool`` → ``head`` → logits (N,).
+
+    ``map_stride`` 16 or 32 adds a :class:`MapHead` (``fracture_map`` output); ``map_fuse`` α
+    makes the image logit ``(1 − α)·head + α·max(map)``."""
 
     def __init__(
         self,
@@ -44,10 +84,16 @@ class FracNet(nn.Module):
         spec: ModelSpec,
         head_hidden: int = 256,
         dropout: float = 0.3,
+        map_stride: int = 0,
+        map_fuse: float = 0.0,
+        map_width: int = 64,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.config: dict[str, Any] = {"head_hidden": head_hidden, "dropout": dropout}
+        if map_stride:
+            self.config.update(map_stride=map_stride, map_fuse=map_fuse, map_width=map_width)
+        self.map_stride, self.map_fuse = int(map_stride), float(map_fuse)
         self.num_features = num_features
         self.backbone_frozen = False
         self.weights_source = "random init"
@@ -62,6 +108,14 @@ class FracNet(nn.Module):
             )
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
+        self.map_head: MapHead | None = None
+        self._mid_index = -1
+        if self.map_stride == 16:
+            self._mid_index = mid_stage_index(backbone)
+            mid = int(backbone.feature_info[self._mid_index]["num_chs"])  # type: ignore[index]
+            self.map_head = MapHead(num_features, mid, map_width)
+        elif self.map_stride == 32:
+            self.map_head = MapHead(num_features, 0, map_width)
 
     # -- forward -------------------------------------------------------------
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,20 +132,42 @@ class FracNet(nn.Module):
         return self.head(f).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.map_head is not None:
+            return self.graph_outputs(x)["logit"]
         return self.forward_head(self.features(x))
 
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final feature map and, for a stride-16 map head, the stride-16 stage's."""
+        if self._mid_index >= 0:
+            final, mids = self.backbone.forward_intermediates(x, indices=[self._mid_index])
+            return final, mids[0]
+        return self.feature_map(x), None
+
+    def heads(self, final: torch.Tensor, mid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every output from backbone maps (what cached-feature training calls)."""
+        f = self.pool(final)
+        out = {"logit": self.forward_head(f), "features": f}
+        if self.map_head is not None:
+            fmap = self.map_head(final, mid)
+            if self.map_fuse:
+                out["logit"] = (1.0 - self.map_fuse) * out["logit"] + self.map_fuse * fmap.amax(dim=(1, 2))
+            out["fracture_map"] = fmap
+        return out
+
     def graph_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the exported graph returns, by name, the logit first: ``logit`` (N) and
-        ``features`` (N×C pooled backbone features, e.g. for the out-of-distribution check)."""
-        f = self.features(x)
-        return {"logit": self.forward_head(f), "features": f}
+        """What the exported graph returns, by name, the logit first: ``logit`` (N),
+        ``features`` (N×C pooled backbone features, e.g. for the out-of-distribution check) and,
+        with a map head, ``fracture_map`` (N×h×w per-cell fracture logits)."""
+        return self.heads(*self.maps(x))
 
     # -- parameter groups ----------------------------------------------------
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
+        """The image head's parameters and the map head's, when there is one."""
+        extra = list(self.map_head.parameters()) if self.map_head is not None else []
+        return list(self.head.parameters()) + extra
 
     # -- freezing ------------------------------------------------------------
     def freeze_backbone(self) -> None:

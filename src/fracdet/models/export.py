@@ -130,13 +130,18 @@ def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> b
     if check:
         with torch.inference_mode():
             ref = model(x).float().numpy().reshape(-1)
+            maps = model.graph_outputs(x).get("fracture_map") if "fracture_map" in names else None
         import onnxruntime as ort
 
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": x.numpy()})[0].reshape(-1)
-        diff = float(np.abs(ref - got).max())
+        outs = dict(zip(names, session.run(None, {"image": x.numpy()})))
+        diff = float(np.abs(ref - outs["logit"].reshape(-1)).max())
         if diff > PARITY_ATOL:
             raise FracdetError(f"ONNX export does not match PyTorch (max logit difference {diff:.2e})")
+        if maps is not None:
+            map_diff = float(np.abs(maps.float().numpy() - outs["fracture_map"]).max())
+            if map_diff > PARITY_ATOL:
+                raise FracdetError(f"ONNX export does not match PyTorch (max fracture-map difference {map_diff:.2e})")
         log.info("ONNX export parity: max logit difference %.2e", diff)
     return data
 

@@ -32,3 +32,12 @@ class TorchRunner:
         if self.tta_model is not None:
             return self.tta_model(x).float().numpy().reshape(-1)
         return self.model(x.contiguous(memory_format=torch.channels_last)).float().numpy().reshape(-1)
+
+    @torch.inference_mode()
+    def outputs(self, batch: Any) -> dict[str, np.ndarray]:
+        """The named outputs of the graph (``logit``; ``features``/``fracture_map`` where the
+        network gives them), as numpy; the logit is TTA's when TTA is on."""
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
+        if self.tta_model is not None or not hasattr(self.model, "graph_outputs"):
+            return {"logit": self(batch)}
+        return {k: v.float().numpy() for k, v in self.model.graph_outputs(x).items()}

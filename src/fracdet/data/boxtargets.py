@@ -1,0 +1,127 @@
+"""Fracture boxes as training targets for a map head: a box mask in the network's input frame
+(the one letterbox geometry, :func:`fracdet.transforms.letterbox_window`) that follows the
+image through the same geometric augmentation.
+
+Per film: fractured with boxes → the mask of its boxes, weight 1; not fractured → an empty
+mask, weight 1 (every cell is negative); fractured without boxes → weight 0 (only the image
+loss).  The mask is reduced to the map's cells in the loss (:mod:`fracdet.models.maploss`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fracdet.data.loader import ImageDataset
+from fracdet.errors import ImageReadError
+from fracdet.transforms import ModelTransform, letterbox_window
+
+log = logging.getLogger(__name__)
+Box = tuple[float, float, float, float]  # x, y, w, h in pixels of the original file (COCO)
+FRACATLAS_BOXES = "annotations/fracture_boxes_coco.json"
+
+
+def find_boxes(data: str | Path) -> Path | None:
+    """The COCO box file of a FracAtlas-layout folder (``annotations/fracture_boxes_coco.json``), if any."""
+    p = Path(data)
+    candidate = (p if p.is_dir() else p.parent) / FRACATLAS_BOXES
+    return candidate if candidate.is_file() else None
+
+
+def input_mask(boxes: Sequence[Box], image_hw: tuple[int, int], size: int, mode: str = "letterbox") -> np.ndarray:
+    """1×S×S uint8 mask of ``boxes`` (original pixels of an image of ``image_hw``) where the
+    letterbox puts them in the S×S model input; a box covers at least one input pixel."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    top, left, nh, nw = letterbox_window(h, w, size, mode)
+    sy, sx = nh / h, nw / w
+    mask = np.zeros((1, size, size), dtype=np.uint8)
+    for x, y, bw, bh in boxes:
+        c0, r0 = int(np.floor(left + x * sx)), int(np.floor(top + y * sy))
+        c1, r1 = max(int(np.ceil(left + (x + bw) * sx)), c0 + 1), max(int(np.ceil(top + (y + bh) * sy)), r0 + 1)
+        mask[0, max(r0, 0):min(r1, size), max(c0, 0):min(c1, size)] = 1
+    return mask
+
+
+def _image_hw(path: Any) -> tuple[int, int]:
+    """(H, W) of an image file from its header (the frame COCO boxes are given in)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except (OSError, ValueError):
+        from fracdet.io.images import read_image
+
+        xray = read_image(path)
+        size = xray.meta.get("original_size")
+        return (int(size[1]), int(size[0])) if size else tuple(int(v) for v in xray.pixels.shape[:2])  # type: ignore[return-value]
+
+
+class BoxDataset(ImageDataset):
+    """:class:`~fracdet.data.loader.ImageDataset` that also yields each film's box mask (1×S×S,
+    moved by the same augmentation as the image) and its map-loss weight:
+    ``(tensor, label, index, mask, weight)``."""
+
+    def __init__(self, samples: Sequence[Any], transform: ModelTransform, boxes: dict[str, list[Box]],
+                 cache: bool = False) -> None:
+        super().__init__(samples, transform, cache=cache)
+        self.boxes = boxes
+        self._hw: dict[int, tuple[int, int]] = {}
+
+    def target(self, i: int) -> tuple[np.ndarray, float]:
+        """The film's 1×S×S box mask and map-loss weight (see the module docstring)."""
+        spec = self.transform.spec
+        s = self.samples[i]
+        empty = np.zeros((1, spec.input_size, spec.input_size), dtype=np.uint8)
+        if not int(s.label):
+            return empty, 1.0
+        found = self.boxes.get(Path(str(s.path)).name)
+        if not found:
+            return empty, 0.0
+        if i not in self._hw:
+            self._hw[i] = _image_hw(s.path)
+        return input_mask(found, self._hw[i], spec.input_size, spec.resize), 1.0
+
+    def __getitem__(self, i: int) -> Any:
+        if i in self.bad:
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                x = self._prepared(i)
+                mask, weight = self.target(i)
+        except ImageReadError as exc:
+            self.bad[i] = str(exc)
+            log.warning("skipping unreadable training image: %s", exc)
+            return None
+        pair = getattr(self.transform, "finish_pair", None)
+        img, mask = pair(x, mask) if pair is not None else (self.transform.finish(x), mask)
+        return (torch.from_numpy(img), int(self.samples[i].label), i,
+                torch.as_tensor(np.asarray(mask), dtype=torch.uint8), float(weight))
+
+
+def collate_boxes(batch: list[Any]) -> tuple[torch.Tensor, ...]:
+    """Stack a :class:`BoxDataset` batch, leaving out items that could not be read."""
+    items = [b for b in batch if b is not None]
+    if not items:
+        empty = torch.empty(0)
+        return empty.view(0, 3, 1, 1), empty, empty.long(), empty.view(0, 1, 1, 1), empty
+    xs, ys, idx, masks, weights = zip(*items)
+    return (torch.stack(xs), torch.tensor(ys, dtype=torch.float32), torch.tensor(idx), torch.stack(masks),
+            torch.tensor(weights, dtype=torch.float32))
+
+
+def make_box_loader(samples: Sequence[Any], transform: ModelTransform, boxes: dict[str, list[Box]],
+                    batch_size: int = 32, num_workers: int = 0, cache: bool = False,
+                    seed: int = 0) -> torch.utils.data.DataLoader:
+    """A shuffled training loader of :class:`BoxDataset` items (order drawn from ``seed``)."""
+    dataset = BoxDataset(samples, transform, boxes, cache=cache and num_workers == 0)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                       collate_fn=collate_boxes, generator=torch.Generator().manual_seed(seed))
+
+
+__all__ = ["BoxDataset", "FRACATLAS_BOXES", "collate_boxes", "find_boxes", "input_mask", "make_box_loader"]
