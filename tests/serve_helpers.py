@@ -11,13 +11,21 @@ import numpy as np
 
 def write_dicom(path: Path, *, modality: str = "CR", study: str | None = None, size: int = 96,
                 seed: int = 0) -> Path:
-    """A minimal single-frame 16-bit CR file of the given modality (a smooth 'bone' with noise)."""
+    """A minimal single-frame 12-bit CR file of the given modality: one of the sample films (by
+    ``seed``), its shorter side ``size`` px, with faint seeded noise (a real radiograph, which the
+    shipped model's out-of-distribution check accepts; synthetic shapes it refuses)."""
+    from PIL import Image
+
     from synth import CR_STORAGE, dicom_bytes
 
+    films = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*/*.jpg"))
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    bone = np.exp(-(((xx - size / 2) / (size / 6)) ** 2)) * 3000
-    pixels = (bone + rng.normal(600, 80, (size, size))).clip(0, 4095).astype(np.uint16)
+    with Image.open(films[seed % len(films)]) as im:
+        im = im.convert("L")
+        scale = size / min(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+        film = np.asarray(im, np.float64) * 16
+    pixels = (film + rng.normal(0, 4, film.shape)).clip(0, 4095).astype(np.uint16)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(dicom_bytes(pixels, sop_class=CR_STORAGE, modality=modality, bits_stored=12, study=study,
                                  BodyPartExamined="HAND", ViewPosition="PA"))

@@ -92,6 +92,9 @@ def test_ray_matches_local_and_resumes(ray_local, inputs: Path, tmp_path: Path) 
             errors += 1
             assert r["probability"] is None
             continue
+        if row["verdict"] == "not assessable":  # e.g. the truncated JPEG: read, but nothing to judge
+            assert r["probability"] is None and r["verdict"] == row["verdict"] and r["reason"] == row["reason"]
+            continue
         worst = max(worst, abs(r["probability"] - float(row["probability"])))
         assert r["label"] == row["label"] and r["verdict"] == row["verdict"], row["path"]
         assert r["threshold"] == pytest.approx(float(row["threshold"]), abs=1e-12)

@@ -457,7 +457,8 @@ def test_group_by_study(predictor, tmp_path):
     rng = np.random.default_rng(0)
     files = [write_dicom(tmp_path / f"v{i}.dcm", (rng.random((40, 40)) * 4000).astype(np.uint16),
                          bits_stored=12, study=s) for i, s in enumerate([study_a, study_a, study_b])]
-    preds = list(predictor.predict_paths(files))
+    grouping = Predictor(predictor.artifact, threads=1, assess=False)  # noise films: judged anyway, to group them
+    preds = list(grouping.predict_paths(files))
     for agg, fn in [("max", max), ("mean", lambda ps: sum(ps) / len(ps))]:
         studies = group_by_study(preds, agg)
         assert [s.study for s in studies] == [study_a, study_b]
@@ -474,7 +475,7 @@ def test_group_by_study(predictor, tmp_path):
     from synth import write_image
 
     pngs = [write_image(tmp_path / f"p{i}.png", bool(i % 2), i) for i in range(3)]
-    png_preds = list(predictor.predict_paths(pngs))
+    png_preds = list(grouping.predict_paths(pngs))
     assert len(group_by_study(png_preds)) == 3
     mapping = {str(pngs[0].resolve()): "S1", str(pngs[1].resolve()): "S1", str(pngs[2].resolve()): "S2"}
     assert [s.study for s in group_by_study(png_preds, study_map=mapping)] == ["S1", "S2"]
@@ -526,6 +527,9 @@ def test_default_model_on_real_extremity_radiograph():
     model = Predictor.from_path(DEFAULT_MODEL)
     unc, j2k = model.predict(real("RG3_UNCR.dcm")), model.predict(real("RG3_J2KR.dcm"))
     assert unc.probability == j2k.probability and 0.0 <= unc.probability <= 1.0
+    assert unc.assessable  # a leg film from another source: judged (its white collimation may earn a warning)
+    chest = model.predict(real("RG1_UNCR.dcm"))
+    assert chest.verdict == "not assessable" and "CHEST" in chest.reason
 
 
 def test_cli_study_map_for_plain_images(tmp_path, model_path, capsys):

@@ -57,8 +57,14 @@ def test_write_results_sr_and_captures(tmp_path, predictor):
         assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "PARTIAL"
         nums = [it for it in _walk(sr.ContentSequence) if it.ValueType == "NUM"
                 and it.ConceptNameCodeSequence[0].CodeMeaning == "Calibrated probability of fracture"]
-        assert [float(n.MeasuredValueSequence[0].NumericValue) for n in nums] == pytest.approx(
-            [study.views[0].probability, study.probability], abs=1e-6)
+        if study.assessable:
+            assert [float(n.MeasuredValueSequence[0].NumericValue) for n in nums] == pytest.approx(
+                [study.views[0].probability, study.probability], abs=1e-6)
+        else:  # pydicom-data's chest film: not assessable, the reason in the SR, no probability
+            assert "CHEST" in study.views[0].reason and not nums
+            meanings = [it.ConceptCodeSequence[0].CodeMeaning for it in _walk(sr.ContentSequence)
+                        if it.ValueType == "CODE"]
+            assert any(m.startswith("Not assessable: body part CHEST") for m in meanings), meanings
         assert not [it for it in _walk(sr.ContentSequence) if it.ValueType in ("SCOORD", "SCOORD3D")]  # no boxes
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
         assert sc.BurnedInAnnotation == "YES" and sc.pixel_array.shape[2] == 3

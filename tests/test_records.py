@@ -43,8 +43,47 @@ def test_migrations_create_the_schema_once(db_url):
     names = set(inspect(store.engine).get_table_names())
     assert {"predictions", "feedback", "alembic_version"} <= names
     with store.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
     RecordStore(db_url).close()  # a second open finds it current
+    store.close()
+
+
+def test_migration_0002_keeps_readings_and_records_not_assessable(tmp_path):
+    """A database made by revision 0001 (with a reading) is upgraded in place: the reading is
+    kept, and a not assessable prediction (no probability or label, a reason) can be recorded."""
+    import datetime as dt
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from fracdet.inference.prediction import Prediction
+    from fracdet.serve.records import MIGRATIONS, RecordStore, prediction_row
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("insert into predictions (created_at, source, model_name, model_sha256, probability, label, "
+                          "threshold) values (:t, 'cli', 'm', 'abc', 0.7, 'fractured', 0.5)"),
+                     {"t": dt.datetime.now(dt.timezone.utc)})
+    engine.dispose()
+    store = RecordStore(url)
+    assert store.prediction(1).probability == 0.7
+    refused = Prediction.not_assessable("blank.png", "blank or near-uniform image", 0.5)
+
+    class Model:
+        sha256, doubt_threshold, fracture_threshold = "abc", 0.3, 0.7
+
+    [rid] = store.add_predictions([prediction_row(refused, Model(), "m", source="cli", file_name="blank.png",
+                                                  source_path=None, input_sha256=None)])
+    rec = store.prediction(rid)
+    assert rec.probability is None and rec.label is None and rec.verdict == "not assessable"
+    assert rec.reason == "blank or near-uniform image"
+    assert store.add_feedback(rid, "no fracture")["agrees"] is None
     store.close()
 
 

@@ -8,7 +8,9 @@ The file (format 3) is a zip archive that any tool can open and that needs no Py
 - ``weights.npz`` — the network's state dict (float16), read with ``allow_pickle=False``;
 - ``model.onnx`` — the float32 onnxruntime graph (what ``predict`` runs by default);
 - ``int8.onnx`` — the int8 graph, when the model has one;
-- ``split.csv`` — the split it was trained with (paths relative to the data's root), when known.
+- ``split.csv`` — the split it was trained with (paths relative to the data's root), when known;
+- ``ood.npz`` — the out-of-distribution reference (:mod:`fracdet.ood`), when fitted; a model
+  without one skips the feature check (``fracdet info`` says so).
 
 ``calibration`` (``{method, params}``, :mod:`fracdet.calibration`) maps the graph's logit to the
 probability; files that store a map other than a temperature are written as format 4 (otherwise
@@ -45,6 +47,7 @@ from fracdet.calibration import apply_calibration, check_calibration, temperatur
 from fracdet.errors import ArtifactError
 from fracdet.fsutil import atomic_path
 from fracdet.models.registry import list_models
+from fracdet.ood import OodReference, reference_from_arrays
 from fracdet.transforms import RESIZE_MODES, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -57,9 +60,9 @@ TEMPERATURE_ONLY_VERSION = 3
 DEFAULT_MODEL_NAME = "default.fracdet"
 KINDS = ("single", "ensemble")
 META_MEMBER, WEIGHTS_MEMBER, ONNX_MEMBER, INT8_MEMBER = "fracdet.json", "weights.npz", "model.onnx", "int8.onnx"
-SPLIT_MEMBER = "split.csv"
+SPLIT_MEMBER, OOD_MEMBER = "split.csv", "ood.npz"
 MAX_MEMBER_BYTES = {META_MEMBER: 16 << 20, WEIGHTS_MEMBER: 2 << 30, ONNX_MEMBER: 2 << 30, INT8_MEMBER: 2 << 30,
-                    SPLIT_MEMBER: 256 << 20}
+                    SPLIT_MEMBER: 256 << 20, OOD_MEMBER: 64 << 20}
 _TORCH_SIDE = "fracdet.models.export"  # imported by name: see the module docstring
 
 
@@ -90,6 +93,8 @@ class ModelArtifact:
     int8_onnx: bytes | None = None  # the int8 onnxruntime graph
     onnx: bytes | None = None  # the float32 onnxruntime graph (exported on save when missing)
     split_csv: bytes | None = None  # the split it was trained with (fracdet.data.selection.split_manifest)
+    ood: dict[str, Any] = field(default_factory=dict)  # how its OOD reference was fitted (fracdet.ood_fit)
+    ood_arrays: dict[str, np.ndarray] | None = None  # the reference's validated arrays (ood.npz)
     version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     sha256: str = ""  # of the file it was loaded from
@@ -130,6 +135,15 @@ class ModelArtifact:
         except (UnicodeDecodeError, ValueError, KeyError) as exc:
             raise ArtifactError(f"the model's recorded split is unreadable ({type(exc).__name__})") from None
 
+    def ood_reference(self) -> OodReference | None:
+        """The out-of-distribution reference (:mod:`fracdet.ood`), or None when not fitted."""
+        return reference_from_arrays(self.ood_arrays) if self.ood_arrays else None
+
+    def set_ood(self, reference: OodReference, info: dict[str, Any]) -> None:
+        """Store an OOD reference and how it was fitted."""
+        self.ood_arrays = reference.to_arrays()
+        self.ood = dict(info)
+
     def build_model(self) -> Any:
         """The PyTorch network with the stored weights (needs PyTorch)."""
         return importlib.import_module(_TORCH_SIDE).build_model(self)
@@ -160,6 +174,7 @@ class ModelArtifact:
             "data": self.data,
             "metrics": self.metrics,
             "int8": self.int8,
+            "ood": self.ood if self.ood_arrays else {},
             "version": self.version,
             "created": self.created,
             "parameters": int(sum(v.size for v in self.state_dict.values() if np.issubdtype(v.dtype, np.floating))),
@@ -190,6 +205,10 @@ def save_artifact(art: ModelArtifact, path: str | Path, half: bool = True) -> Pa
         members[INT8_MEMBER] = art.int8_onnx
     if art.split_csv:
         members[SPLIT_MEMBER] = art.split_csv
+    if art.ood_arrays:
+        ood = io.BytesIO()
+        np.savez(ood, **art.ood_arrays)
+        members[OOD_MEMBER] = ood.getvalue()
     version = TEMPERATURE_ONLY_VERSION if art.calibration_in_use()["method"] == "temperature" else FORMAT_VERSION
     meta = {"format": FORMAT, "format_version": version, "weights_dtype": "float16" if half else "float32",
             **{k: v for k, v in art.describe().items() if k != "parameters"},
@@ -276,7 +295,20 @@ def _read_v3(p: Path, archive: zipfile.ZipFile, names: set[str]) -> tuple[dict[s
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ArtifactError(f"{p}: weights are unreadable ({exc})") from None
     return payload, {"state_dict": state, "onnx": binaries[ONNX_MEMBER], "int8_onnx": binaries.get(INT8_MEMBER),
-                     "split_csv": binaries.get(SPLIT_MEMBER)}
+                     "split_csv": binaries.get(SPLIT_MEMBER), "ood_arrays": _read_ood(p, binaries.get(OOD_MEMBER))}
+
+
+def _read_ood(p: Path, data: bytes | None) -> dict[str, np.ndarray] | None:
+    """The OOD reference's arrays, validated (:func:`fracdet.ood.reference_from_arrays`)."""
+    if data is None:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        reference_from_arrays(arrays)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ArtifactError(f"{p}: invalid model file: {OOD_MEMBER}: {exc}") from None
+    return arrays
 
 
 def _read_v2(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -351,7 +383,7 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
         if calibration["method"] == "temperature":
             numbers["temperature"] = calibration["params"]["temperature"]
     dicts = {}
-    for key in ("model_config", "training", "data", "metrics", "int8"):
+    for key in ("model_config", "training", "data", "metrics", "int8", "ood"):
         v = payload.get(key, {})
         if not isinstance(v, dict):
             raise bad(f"{key} is not a mapping")
@@ -365,7 +397,7 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
         temperature=numbers["temperature"], calibration=calibration, doubt_threshold=numbers["doubt_threshold"],
         fracture_threshold=numbers["fracture_threshold"], threshold_note=str(payload.get("threshold_note", "")),
         kind=kind, **dicts, int8_onnx=binaries.get("int8_onnx"), onnx=binaries.get("onnx"),
-        split_csv=binaries.get("split_csv"),
+        split_csv=binaries.get("split_csv"), ood_arrays=binaries.get("ood_arrays"),
         version=str(payload.get("version", "")), created=str(payload.get("created", "")),
     )
 

@@ -178,6 +178,25 @@ def _int8_lines(q: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _ood_lines(art: ModelArtifact) -> list[str]:
+    """The out-of-distribution section: what is refused as not assessable, and how it was fitted."""
+    o = getattr(art, "ood", {}) if getattr(art, "ood_arrays", None) else {}
+    lines = ["## Not assessable (out-of-distribution refusal)",
+             "- image checks before the network: too small, blank or near-uniform, colour, noise, a DICOM body part "
+             "that is not a limb"]
+    if not o:
+        return lines + ["- no feature reference in this model (`fracdet fit-ood DATA --model M --out M2` adds one)", ""]
+    return lines + [
+        f"- feature reference: {o.get('method')} distance of the pooled backbone features to the {o.get('n_train')} "
+        f"training films; refused above {_fmt(o.get('threshold'))}, the {o.get('threshold_rule')} "
+        f"({o.get('n_val')} films; {100 * float(o.get('val_refused', 0)):.1f}% of them refused)",
+        f"- inverted (negative) films: a logistic model on the features, trained on the training films and their "
+        f"inversions; on validation it finds {100 * float(o.get('inverted_val_detected', 0)):.1f}% of the inverted "
+        f"films and calls {100 * float(o.get('upright_val_called_inverted', 0)):.1f}% of the upright ones inverted; "
+        "confident ones are judged on their positive with a warning",
+        "- rates per kind of wrong image: `python benchmarks/ood_rates.py` (README)", ""]
+
+
 def render_model_card(art: ModelArtifact) -> str:
     """A Markdown model card: use, data, split, metrics, operating point, limits."""
     t, d, m = art.training, art.data, art.metrics
@@ -244,6 +263,7 @@ def render_model_card(art: ModelArtifact) -> str:
         "",
         *_ensemble_lines(art),
         *_int8_lines(getattr(art, "int8", None) or {}),
+        *_ood_lines(art),
         "## Known limitations and failure modes",
         *_failure_lines(m),
         "- Trained on a few thousand images from one public dataset; performance on other hospitals, "

@@ -568,11 +568,27 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
         split_csv=split_manifest(ds),
     )
     artifact_path = save_artifact(art, run_dir / "model.fracdet")
+    art = _add_ood(artifact_path, ds)
     if cfg.int8:
         art = _add_int8(artifact_path, ds)
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "model_card.md", render_model_card(art))
     return TrainResult(run_dir, artifact_path, metrics)
+
+
+def _add_ood(artifact_path: Path, ds: Dataset) -> ModelArtifact:
+    """Fit the saved artifact's out-of-distribution reference (train films; threshold on
+    validation, :mod:`fracdet.ood_fit`) and save it again; without it only the image checks apply."""
+    from fracdet.ood_fit import fit_artifact_ood
+
+    art = load_artifact(artifact_path)
+    try:
+        fit_artifact_ood(art, [s.path for s in ds.by_split("train")], [s.path for s in ds.by_split("val")])
+    except Exception as exc:  # the model is saved already; predict then applies the image checks only
+        log.warning("OOD reference not added: %s: %s", type(exc).__name__, exc)
+        return art
+    save_artifact(art, artifact_path)
+    return art
 
 
 def _add_int8(artifact_path: Path, ds: Dataset) -> ModelArtifact:

@@ -48,6 +48,7 @@ class RayPlan:
     batch_size: int = 8
     force: bool = False
     dicom_window: int | None = 0
+    assess: bool = True  # out-of-distribution refusal (fracdet.inference.assess); --no-ood turns it off
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,12 +56,12 @@ class PredictActor:
     """``map_batches`` callable class: Arrow batch of ``path, bytes, read_error`` → shard rows."""
 
     def __init__(self, model: str | None, backend: str, threads: int, batch_size: int,
-                 force: bool = False, window: int | None = 0) -> None:
+                 force: bool = False, window: int | None = 0, assess: bool = True) -> None:
         from fracdet.inference import load_model
         from fracdet.io.dicom import DicomOptions
 
         logging.getLogger("pydicom").setLevel(logging.ERROR)
-        self.predictor = load_model(model, backend=backend, threads=threads)  # once per actor
+        self.predictor = load_model(model, backend=backend, threads=threads, assess=assess)  # once per actor
         self.batch_size = batch_size
         self.dicom = DicomOptions(force=force, window=window)
         self.tmp = Path(tempfile.mkdtemp(prefix="fracdet-ray-"))
@@ -199,7 +200,7 @@ def run_ray_predict(plan: RayPlan) -> int:
                 compute=ray.data.ActorPoolStrategy(size=n), num_cpus=per,
                 fn_constructor_kwargs={"model": plan.model, "backend": plan.backend, "threads": threads,
                                        "batch_size": plan.batch_size, "force": plan.force,
-                                       "window": plan.dicom_window},
+                                       "window": plan.dicom_window, "assess": plan.assess},
             )
             ds.write_parquet(str(output.shard_dir(out)))
         finally:

@@ -81,7 +81,11 @@ def read_shards(out: Path) -> Any:
     tables = []
     for f in shard_files(out):
         try:
-            tables.append(pq.read_table(f).select(SHARD_COLUMNS).cast(schema(SHARD_COLUMNS)))
+            table = pq.read_table(f)
+            for c in SHARD_COLUMNS:  # shards written before a column existed (e.g. reason, warning)
+                if c not in table.column_names:
+                    table = table.append_column(c, pa.nulls(len(table), arrow_type(c)))
+            tables.append(table.select(SHARD_COLUMNS).cast(schema(SHARD_COLUMNS)))
         except Exception as exc:  # ArrowInvalid, OSError: a truncated file
             log.warning("%s: unreadable shard (%s); renamed, its inputs will be predicted again", f, exc)
             f.rename(f.with_name(f.name + ".broken"))
@@ -106,7 +110,7 @@ def row_to_prediction(row: Mapping[str, Any]) -> Prediction:
     meta = {k: row[k] for k in ROW_META_KEYS if row.get(k) is not None}
     return Prediction(path=row["path"], probability=row["probability"], label=row["label"],
                       threshold=row["threshold"], logit=row["logit"], error=row["error"], meta=meta,
-                      verdict=row["verdict"])
+                      verdict=row["verdict"], reason=row.get("reason"), warning=row.get("warning"))
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

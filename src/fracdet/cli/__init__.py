@@ -16,6 +16,7 @@ from fracdet.cli.clinical import add_calibrate, add_ensemble
 from fracdet.cli.cv import add_cv
 from fracdet.cli.evaluate import add_evaluate
 from fracdet.cli.explain import add_explain
+from fracdet.cli.fitood import add_fit_ood
 from fracdet.cli.info import add_info, add_models
 from fracdet.cli.predict import add_predict
 from fracdet.cli.quantize import add_quantize
@@ -44,7 +45,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 COMMANDS: list[Callable[[Any], None]] = [add_train, add_cv, add_tune, add_evaluate, add_predict, add_explain, add_audit, add_split,
-                                         add_calibrate, add_ensemble, add_quantize, add_upgrade, add_models, add_info,
+                                         add_calibrate, add_ensemble, add_quantize, add_fit_ood, add_upgrade, add_models, add_info,
                                          add_serve, add_records, add_dicomnode]
 
 

@@ -49,6 +49,14 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
     print(f"fracdet {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"allocator {active_allocator()}, inference backend (auto) {choose_backend('auto', art)}")
+    from fracdet.inference.assess import check_features
+    from fracdet.inference.onnx import OnnxRunner
+
+    runner = OnnxRunner(art.float32_graph(), threads=1)
+    how = check_features(art.ood_reference(), runner.output_names, runner.output_width("features"))[1]
+    ood = art.ood
+    print(f"out-of-distribution check: {how}" + (f"; threshold {ood['threshold']:.1f} ({ood.get('threshold_rule')}, "
+                                                  f"{ood.get('method')})" if art.ood_arrays and "threshold" in ood else ""))
     if art.int8_onnx:
         from fracdet.inference.backends import int8_decision
 

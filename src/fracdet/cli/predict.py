@@ -47,6 +47,10 @@ def add_predict(sub: Any) -> None:
                    help="test-time augmentation: average the probabilities of the image, its mirror and "
                    "±10° rotations (4× slower; PyTorch backend)")
     add_backend_option(p)
+    p.add_argument("--no-ood", action="store_true",
+                   help="no out-of-distribution refusal: give a verdict for every readable image, even blank, "
+                   "colour, noise or other images the model was not built for (default: those are "
+                   "'not assessable', with the reason)")
     h = p.add_argument_group("heatmaps")
     h.add_argument("--heatmaps", nargs="?", const="", default=None, metavar="DIR",
                    help="also write a heatmap overlay PNG and the raw map (.npy) per image into DIR "
@@ -114,7 +118,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     study_map = read_study_map(a.study_map) if a.study_map else None
     if study_map is not None and not a.by_study:
         print("note: --study-map is used with --by-study only", file=sys.stderr)
-    predictor = load_model(a.model, backend=a.backend, tta=a.tta)
+    predictor = load_model(a.model, backend=a.backend, tta=a.tta, assess=not a.no_ood)
     files = list(iter_image_files(a.paths))
     options = DicomOptions(force=a.force, window=a.dicom_window)
     rows = []
@@ -152,6 +156,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         else:
             _print_predictions(rows)
     bad = sum(not r.ok for r in rows)
+    refused = sum(r.ok and not r.assessable for r in rows)
+    corrected = sum(bool(r.warning) for r in rows)
     if not rows and writer.finished:
         log.info("all files were already in %s", a.out)
         return 0
@@ -161,6 +167,9 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if bad:
         n_files = len({r.path for r in rows})
         print(f"{bad} of {n_files} file(s) could not be read (see the error column)", file=sys.stderr)
+    if refused or corrected:
+        print(f"{refused} of {len(rows)} image(s) not assessable, {corrected} with a warning "
+              "(see the reason and warning columns)", file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -183,7 +192,7 @@ def _cmd_predict_ray(a: argparse.Namespace) -> int:
     return run_ray_predict(RayPlan(
         sources=a.paths, out=Path(a.out), model=a.model, backend=a.backend, address=a.address, workers=a.workers,
         resume=a.resume, csv=a.csv, by_study=a.by_study, study_agg=a.study_agg, study_map=a.study_map,
-        batch_size=a.batch_size, force=a.force, dicom_window=a.dicom_window,
+        batch_size=a.batch_size, force=a.force, dicom_window=a.dicom_window, assess=not a.no_ood,
     ))
 
 
@@ -194,7 +203,7 @@ def _write_dicom_results(rows: list[Any], predictor: Any, out_dir: str) -> None:
     from fracdet.dicomnode import write_results
     from fracdet.inference import group_by_study
 
-    views = [r for r in rows if r.ok and r.meta.get("sop_uid")]
+    views = [r for r in rows if r.ok and r.meta.get("sop_uid")]  # not assessable ones too: their SR says why
     if not views:
         log.warning("--dicom-out: no DICOM input was predicted; nothing written")
         return
@@ -220,13 +229,13 @@ def _print_predictions(rows: Sequence[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("path", "probability", "label", "verdict", "threshold", "error")
+    table = Table("path", "probability", "label", "verdict", "threshold", "error / reason")
     table.columns[0].overflow = "fold"
     for r in rows:
         prob = f"{r.probability:.3f}" if r.probability is not None else ""
         style = "red" if not r.ok else ("bold" if r.label == "fractured" else "")
-        table.add_row(_shown_path(r), prob, r.label or "", r.verdict or "", f"{r.threshold:.3f}", r.error or "",
-                      style=style)
+        table.add_row(_shown_path(r), prob, r.label or "", r.verdict or "", f"{r.threshold:.3f}",
+                      r.error or r.reason or r.warning or "", style=style)
     Console(width=max(120, len(max((_shown_path(r) for r in rows), key=len, default="")) + 60)).print(table)
 
 
@@ -240,7 +249,7 @@ def _print_studies(studies: Sequence[Any]) -> None:
     widest = 0
     for s in studies:
         prob = f"{s.probability:.3f}" if s.probability is not None else ""
-        note = s.error or f"{s.n_views} view(s), {s.aggregation}"
+        note = s.error or s.reason or f"{s.n_views} view(s), {s.aggregation}"
         style = "red" if not s.ok else ("bold" if s.label == "fractured" else "")
         table.add_row(f"study {escape(s.study)}", prob, s.label or "", s.verdict or "", f"{s.threshold:.3f}", note,
                       style=style)
@@ -249,6 +258,6 @@ def _print_studies(studies: Sequence[Any]) -> None:
             shown = "  " + _shown_path(v)
             widest = max(widest, len(shown))
             vprob = f"{v.probability:.3f}" if v.probability is not None else ""
-            table.add_row(shown, vprob, v.label or "", v.verdict or "", f"{v.threshold:.3f}", v.error or "",
-                          style="red" if not v.ok else "dim")
+            table.add_row(shown, vprob, v.label or "", v.verdict or "", f"{v.threshold:.3f}",
+                          v.error or v.reason or v.warning or "", style="red" if not v.ok else "dim")
     Console(width=max(120, widest + 60)).print(table)

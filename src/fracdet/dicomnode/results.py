@@ -4,7 +4,8 @@
   measurement group (TID 1501) with the finding "fracture" (SNOMED CT 72704001), the calibrated
   probability, the verdict and the model's three operating points, referencing the source SOP
   Instance; one more group for the study verdict; the model name, version and artifact SHA-256
-  as the algorithm identification. The SR is UNVERIFIED and PARTIAL, and its series description
+  as the algorithm identification. A view or study the model refused to judge gets the verdict
+  "not assessable" with its reason (and no probability). The SR is UNVERIFIED and PARTIAL, and its series description
   and every group's algorithm parameters say *research use, not clinically validated*.
 * one **Secondary Capture** (SCImage) per image: the radiograph with the verdict, probability and
   the research-use line burned in, so any viewer shows the result.
@@ -71,8 +72,8 @@ def algorithm_id(predictor: Any) -> Any:
     )
 
 
-def _group(tracking: str, uid: str, codes: dict[str, Any], predictor: Any, probability: float, verdict: str,
-           algo: Any, source: Any | None) -> Any:
+def _group(tracking: str, uid: str, codes: dict[str, Any], predictor: Any, probability: float | None, verdict: str,
+           algo: Any, source: Any | None, reason: str | None = None) -> Any:
     from highdicom.sr import (CodedConcept, Measurement, MeasurementsAndQualitativeEvaluations,
                               QualitativeEvaluation, SourceImageForMeasurementGroup, TrackingIdentifier)
 
@@ -80,13 +81,17 @@ def _group(tracking: str, uid: str, codes: dict[str, Any], predictor: Any, proba
         return Measurement(name=codes[key], value=float(value), unit=codes["unit"])
 
     code, meaning = VERDICT_CODES.get(verdict, (verdict.replace(" ", "-"), verdict))
+    if probability is None:  # not assessable: no probability, the reason as the verdict's meaning
+        code, meaning = "not-assessable", f"Not assessable: {reason or 'unknown reason'}"[:64]
+    measurements = [measure("threshold", predictor.threshold), measure("doubt_threshold", predictor.doubt_threshold),
+                    measure("fracture_threshold", predictor.fracture_threshold)]
+    if probability is not None:
+        measurements.insert(0, measure("probability", probability))
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uid, identifier=tracking[:64]),
         finding_type=codes["fracture"], finding_category=codes["finding_category"], algorithm_id=algo,
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)] if source is not None else None,
-        measurements=[measure("probability", probability), measure("threshold", predictor.threshold),
-                      measure("doubt_threshold", predictor.doubt_threshold),
-                      measure("fracture_threshold", predictor.fracture_threshold)],
+        measurements=measurements,
         qualitative_evaluations=[QualitativeEvaluation(codes["verdict"], CodedConcept(code, SCHEME, meaning))],
     )
 
@@ -104,17 +109,18 @@ def build_sr(study: Any, datasets: Mapping[str, Any], predictor: Any) -> Any:
     used = []
     for i, view in enumerate(study.views, 1):
         ds = datasets.get(str(view.meta.get("sop_uid", "")))
-        if ds is None or not view.ok or view.probability is None:
+        if ds is None or not view.ok:
             continue
         frame = view.meta.get("frame")
         label = f"image {i}" + (f" frame {frame}" if frame not in (None, 0) else "")
-        groups.append(_group(label, UID(), codes, predictor, view.probability, view.verdict or "", algo, ds))
+        groups.append(_group(label, UID(), codes, predictor, view.probability, view.verdict or "", algo, ds,
+                             view.reason))
         used.append(ds)
     if not used:
         raise ValueError(f"study {study.study}: no readable source image to report on")
-    if study.ok and study.probability is not None:
+    if study.ok:
         groups.append(_group(f"study verdict ({study.aggregation} of {study.n_views} views)", UID(), codes,
-                             predictor, study.probability, study.verdict or "", algo, None))
+                             predictor, study.probability, study.verdict or "", algo, None, study.reason))
     observer = ObserverContext(
         observer_type=dcodes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -175,7 +181,11 @@ def render_sc_pixels(pixels: np.ndarray, prediction: Any, max_side: int = 1024) 
     draw.rectangle([0, 0, w, band - 1], fill=colour)
     prob = "" if prediction.probability is None else f"  p={prediction.probability:.2f}"
     draw.text((6, 4), f"{verdict.upper()}{prob}", fill=(255, 255, 255), font=_font(size))
-    draw.text((6, 6 + size), f"threshold {prediction.threshold:.2f}", fill=(255, 255, 255), font=_font(size * 2 // 3))
+    second = (f"threshold {prediction.threshold:.2f}" if prediction.probability is not None
+              else f"not judged: {getattr(prediction, 'reason', None) or 'unknown reason'}")
+    if getattr(prediction, "warning", None):
+        second += f"  WARNING: {prediction.warning}"
+    draw.text((6, 6 + size), second, fill=(255, 255, 255), font=_font(size * 2 // 3))
     draw.text((6, h + band + 4), DISCLAIMER, fill=(255, 255, 0), font=_font(max(10, size * 2 // 3)))
     draw.text((6, h + band + 8 + size * 2 // 3), "UNVERIFIED - no fracture boxes (a classifier)",
               fill=(255, 255, 0), font=_font(max(10, size * 2 // 3)))
@@ -221,7 +231,8 @@ def build_gsps(view: Any, source: Any, predictor: Any, series_uid: str, number: 
     from highdicom.pr import GraphicAnnotation, GraphicLayer, GrayscaleSoftcopyPresentationState, TextObject
 
     layer = GraphicLayer(layer_name="FRACDET", order=1, description="fracdet verdict (research use, unverified)")
-    text = f"fracdet: {(view.verdict or '').upper()} p={view.probability:.2f} - research use, unverified"
+    detail = f"p={view.probability:.2f}" if view.probability is not None else f"({view.reason or ''})"
+    text = f"fracdet: {(view.verdict or '').upper()} {detail} - research use, unverified"
     annotation = GraphicAnnotation(
         referenced_images=[source], graphic_layer=layer,
         text_objects=[TextObject(text_value=text, units="DISPLAY", bounding_box=(0.01, 0.01, 0.99, 0.06))])

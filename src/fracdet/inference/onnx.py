@@ -58,6 +58,13 @@ class OnnxRunner:
         named[LOGIT] = np.asarray(outs[0], dtype=np.float32).reshape(-1)  # older graphs name it otherwise
         return named
 
+    def output_width(self, name: str) -> int | None:
+        """The last dimension of output ``name`` as the graph declares it (None: absent or dynamic)."""
+        for out in self.session.get_outputs():
+            if out.name == name and out.shape and isinstance(out.shape[-1], int):
+                return int(out.shape[-1])
+        return None
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """The logits (N) alone."""
         return self.run(batch)[LOGIT]

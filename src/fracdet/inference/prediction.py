@@ -8,8 +8,11 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ["path", "probability", "label", "verdict", "threshold", "logit", "error"]
-"""The columns of one image's row, in order."""
+COLUMNS = ["path", "probability", "label", "verdict", "threshold", "logit", "error", "reason", "warning"]
+"""The columns of one image's row, in order (``reason``: why it is not assessable; ``warning``:
+e.g. an inverted film that was corrected)."""
+NOT_ASSESSABLE = "not assessable"
+"""The verdict of an image the model cannot judge (see :mod:`fracdet.io.quality`, :mod:`fracdet.ood`)."""
 STUDY_COLUMNS = ["level", "study"]
 """Leading columns of ``--by-study`` CSVs (a study row, then its ``view`` rows)."""
 EXTRA_COLUMNS = ["n_views", "aggregation", "frame", "modality", "body_part", "view",
@@ -33,11 +36,28 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, repr=False)
     """H×W float32 in [0, 1] at the original size, when asked for (see fracdet.explain)."""
     verdict: str | None = None
-    """``fracture`` / ``doubt`` / ``no fracture`` at the model's two operating points (see fracdet.operating)."""
+    """``fracture`` / ``doubt`` / ``no fracture`` at the model's two operating points (see fracdet.operating),
+    or ``not assessable`` (then ``reason`` says why; probability, label and logit are None)."""
+    reason: str | None = None
+    """Why the image is not assessable (not a radiograph this model can judge), else None."""
+    warning: str | None = None
+    """Something the reader should know about an assessed image (e.g. an inverted film, corrected)."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def assessable(self) -> bool:
+        """Read, and judged by the model (not refused as out of distribution)."""
+        return self.error is None and self.verdict != NOT_ASSESSABLE
+
+    @classmethod
+    def not_assessable(cls, path: str | None, reason: str, threshold: float,
+                       meta: dict[str, Any] | None = None) -> "Prediction":
+        """The row of an image the model cannot judge: no probability, no label, the reason."""
+        return cls(path=path, probability=None, label=None, threshold=threshold, meta=dict(meta or {}),
+                   verdict=NOT_ASSESSABLE, reason=reason)
 
     def to_row(self) -> dict[str, Any]:
         """Flat row for CSV/JSON output (plus the DICOM keys of ``meta`` when present)."""
@@ -67,23 +87,29 @@ class StudyPrediction:
     aggregation: str
     views: list[Prediction] = field(default_factory=list)
     error: str | None = None
-    verdict: str | None = None  # fracture / doubt / no fracture at the model's bands (see group_by_study)
+    verdict: str | None = None  # fracture / doubt / no fracture at the model's bands, or not assessable
+    reason: str | None = None  # why not assessable (no view could be judged)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     @property
+    def assessable(self) -> bool:
+        return self.error is None and self.verdict != NOT_ASSESSABLE
+
+    @property
     def n_views(self) -> int:
-        return sum(v.ok for v in self.views)
+        """Views that entered the verdict (read and assessable)."""
+        return sum(v.assessable for v in self.views)
 
     def to_row(self) -> dict[str, Any]:
         """The study's own row (CSV: ``level=study``)."""
         return {
             "level": "study", "study": self.study, "path": None,
             "probability": self.probability, "label": self.label, "verdict": self.verdict,
-            "threshold": self.threshold, "logit": None, "error": self.error, "n_views": self.n_views,
-            "aggregation": self.aggregation,
+            "threshold": self.threshold, "logit": None, "error": self.error, "reason": self.reason,
+            "warning": _study_warning(self.views) if self.assessable else None, "n_views": self.n_views, "aggregation": self.aggregation,
         }
 
     def to_rows(self) -> list[dict[str, Any]]:
@@ -100,3 +126,10 @@ class StudyPrediction:
         d.pop("logit")
         d["views"] = [v.to_row() for v in self.views]
         return d
+
+
+def _study_warning(views: list[Prediction]) -> str | None:
+    """The views' warnings and refusals, for the study row (None when there are none)."""
+    notes = [f"{v.path}: {v.warning}" for v in views if v.warning]
+    notes += [f"{v.path}: not assessable ({v.reason})" for v in views if v.ok and not v.assessable]
+    return "; ".join(notes) or None

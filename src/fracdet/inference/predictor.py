@@ -9,6 +9,10 @@ works where PyTorch is not installed.
 
 DICOM files give one :class:`Prediction` per frame (``meta["frame"]``), carrying the DICOM
 identifiers in ``meta`` and in their output rows.
+
+Films the model cannot judge get the verdict ``not assessable`` and a reason
+(:mod:`fracdet.inference.assess`): image checks before the network, then the model's OOD
+reference on the ``features`` output of the same run (``assess=False`` turns both off).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import apply_calibration
 from fracdet.errors import FracdetError, ImageReadError
+from fracdet.inference.assess import INVERTED_WARNING, WINDOW_KEY, Assessor, Judgement, check_features, invert_prepared
 from fracdet.inference.backends import choose_backend
 from fracdet.inference.onnx import OnnxRunner
 from fracdet.inference.prediction import Prediction
@@ -43,7 +48,7 @@ class Predictor:
     """A loaded model ready to predict; built from an artifact and nothing else."""
 
     def __init__(self, artifact: ModelArtifact, threads: int | None = None, backend: str = "auto",
-                 tta: bool = False) -> None:
+                 tta: bool = False, assess: bool = True) -> None:
         self.artifact = artifact
         self.threads = threads
         self.backend = choose_backend("torch" if tta else backend, artifact)
@@ -58,6 +63,15 @@ class Predictor:
         self.decision = Decision.of(artifact)
         self.temperature = artifact.temperature
         self.calibration = artifact.calibration_in_use()
+        self.assessor = self._assessor() if assess else None
+
+    def _assessor(self) -> Assessor:
+        """The out-of-distribution checks this model and backend allow (one log line says which)."""
+        runner = self._onnx if isinstance(self._onnx, OnnxRunner) else None
+        reference, how = check_features(self.artifact.ood_reference(), runner.output_names if runner else None,
+                                        runner.output_width("features") if runner else None)
+        log.info("out-of-distribution check: %s", how)
+        return Assessor(reference, self.artifact.preprocess.input_size, self.artifact.preprocess.resize)
 
     # the decision's numbers, as attributes (the Python API has always had them)
     @property
@@ -89,23 +103,56 @@ class Predictor:
         return self.torch_side.model
 
     @classmethod
-    def from_path(cls, path: str | Path | None = None, backend: str = "auto") -> "Predictor":
-        return cls(load_artifact(path), backend=backend)
+    def from_path(cls, path: str | Path | None = None, backend: str = "auto", assess: bool = True) -> "Predictor":
+        return cls(load_artifact(path), backend=backend, assess=assess)
 
     def logits(self, batch: Any) -> np.ndarray:
         """Raw logits for a batch of prepared inputs N×C×S×S (onnxruntime, or PyTorch)."""
-        if self._onnx is not None:
-            return self._onnx(np.asarray(batch, dtype=np.float32))
-        return self.torch_side(batch)
+        return self._outputs(batch)["logit"]
 
-    def _results(self, logits: np.ndarray, items: Sequence[XRay]) -> list[Prediction]:
+    def _outputs(self, batch: Any) -> dict[str, np.ndarray]:
+        """The graph's named outputs (``logit``, and ``features`` where the graph has them)."""
+        if isinstance(self._onnx, OnnxRunner):
+            return self._onnx.run(np.asarray(batch, dtype=np.float32))
+        return {"logit": self.torch_side(batch) if self._onnx is None else self._onnx(batch)}
+
+    def _results(self, outputs: dict[str, np.ndarray], items: Sequence[XRay],
+                 prepared: Sequence[np.ndarray] = ()) -> list[Prediction]:
+        logits = np.array(outputs["logit"], dtype=np.float32).reshape(-1)
+        judged = (self.assessor.judge(outputs.get("features"), len(items)) if self.assessor is not None
+                  else [Judgement() for _ in items])
+        reasons: list[str | None] = [j.reason for j in judged]
+        warns: list[str | None] = [j.warning for j in judged]
+        fix = [i for i, j in enumerate(judged) if j.invert]
+        if fix:  # confident negatives: judged again as their positive (one more pass for those only)
+            if len(prepared) != len(items):
+                for i in fix:
+                    reasons[i] = "inverted film"
+            else:
+                again = self._outputs(self.transform.finish_batch(
+                    [invert_prepared(prepared[i], items[i].meta[WINDOW_KEY]) for i in fix]))
+                for k, (i, why) in enumerate(zip(fix, self.assessor.judge_corrected(again["features"]))):  # type: ignore[union-attr]
+                    reasons[i], warns[i] = why, (None if why else INVERTED_WARNING)
+                    logits[i] = again["logit"][k]
         probs = apply_calibration(logits, self.calibration)
         rule = self.decision
         return [
+            Prediction.not_assessable(x.path, why, rule.threshold, x.meta) if why else
             Prediction(path=x.path, probability=float(p), label=rule.label(float(p)), threshold=rule.threshold,
-                       logit=float(z), meta=dict(x.meta), verdict=rule.verdict(float(p)))
-            for x, p, z in zip(items, probs, logits)
+                       logit=float(z), meta=dict(x.meta), verdict=rule.verdict(float(p)), warning=w)
+            for x, p, z, why, w in zip(items, probs, logits, reasons, warns)
         ]
+
+    def _screen(self, x: XRay) -> Prediction | None:
+        """The image checks before the network: a not-assessable row, or None (then the
+        image's window in the model input is noted for correcting an inverted film)."""
+        if self.assessor is None:
+            return None
+        why = self.assessor.screen(x.pixels, x.meta)
+        if why:
+            return Prediction.not_assessable(x.path, why, self.threshold, x.meta)
+        x.meta[WINDOW_KEY] = self.assessor.window(x.pixels.shape)
+        return None
 
     def _heatmaps(self, batch: np.ndarray, images: Sequence[XRay], method: str) -> list[np.ndarray]:
         explain = importlib.import_module(EXPLAIN)
@@ -122,9 +169,13 @@ class Predictor:
         elif not isinstance(image, XRay):
             with dicom_options(dicom or DicomOptions()):
                 image = read_image(image, min_size=self.artifact.preprocess.input_size)
-        batch = self.transform(image.pixels)[None]
-        pred = self._results(self.logits(batch), [image])[0]
-        if heatmap:
+        refused = self._screen(image)
+        if refused is not None:
+            return refused
+        prepared = self.transform.prepare(image.pixels)
+        batch = self.transform.finish_batch([prepared])
+        pred = self._results(self._outputs(batch), [image], [prepared])[0]
+        if heatmap and pred.assessable:
             pred.heatmap = self._heatmaps(batch, [image], cam_method)[0]
         return pred
 
@@ -158,7 +209,8 @@ class Predictor:
         def flush() -> list[Prediction]:
             ready = [q for q in queue if not isinstance(q, Prediction)]
             batch = self.transform.finish_batch([t for _, t in ready], out=buffer) if ready else None
-            done = iter(self._results(self.logits(batch), [x for x, _ in ready]) if ready else [])
+            done = iter(self._results(self._outputs(batch), [x for x, _ in ready], [t for _, t in ready])
+                        if ready else [])
             out = [q if isinstance(q, Prediction) else next(done) for q in queue]
             if heatmaps and ready:  # each prediction carries its CAM
                 maps = iter(self._heatmaps(batch.copy(), [x for x, _ in ready], cam_method))  # type: ignore[union-attr]
@@ -177,6 +229,10 @@ class Predictor:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     for x in self._read(path, size, dicom):  # DICOM frames decode one at a time
+                        refused = self._screen(x)
+                        if refused is not None:
+                            yield refused
+                            continue
                         prepared = self.transform.prepare(x.pixels)
                         yield (x if heatmaps else XRay(_NO_PIXELS, x.path, x.meta)), prepared
             except ImageReadError as exc:
@@ -234,9 +290,10 @@ def _read_ahead(paths: Iterable[Path], load: Callable[[Path], Iterator[Any]]) ->
 
 
 def load_model(path: str | Path | None = None, backend: str = "auto", tta: bool = False,
-               threads: int | None = None) -> Predictor:
+               threads: int | None = None, assess: bool = True) -> Predictor:
     """Load an artifact (the shipped default when ``path`` is None) as a :class:`Predictor`;
     ``backend`` is 'auto' (see :func:`~fracdet.inference.backends.choose_backend`), 'int8',
     'onnx' (float32) or 'torch'; ``tta``: test-time augmentation (PyTorch);
-    ``threads``: onnxruntime's intra-op threads (default: this process's CPUs)."""
-    return Predictor(load_artifact(path), backend=backend, tta=tta, threads=threads)
+    ``threads``: onnxruntime's intra-op threads (default: this process's CPUs);
+    ``assess=False``: no out-of-distribution refusal (every readable image gets a verdict)."""
+    return Predictor(load_artifact(path), backend=backend, tta=tta, threads=threads, assess=assess)

@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from fracdet.errors import FracdetError
-from fracdet.inference.prediction import Prediction, StudyPrediction
+from fracdet.inference.prediction import NOT_ASSESSABLE, Prediction, StudyPrediction
 from fracdet.operating import Decision
 
 STUDY_AGGREGATIONS = ("max", "mean")
@@ -62,7 +62,8 @@ def group_by_study(predictions: Iterable[Prediction], aggregation: str = "max",
     """Combine views into study verdicts, studies in order of first appearance.
 
     ``aggregation``: ``"max"`` (a study is as suspicious as its most suspicious view)
-    or ``"mean"`` of the calibrated view probabilities; ``decision`` (the model's, see
+    or ``"mean"`` of the calibrated probabilities of its assessable views (a study whose views are
+    all not assessable is not assessable, with their reasons); ``decision`` (the model's, see
     :class:`~fracdet.operating.Decision`) labels that value and gives the study its verdict;
     without one the views' threshold labels it and there is no verdict.
     """
@@ -74,8 +75,14 @@ def group_by_study(predictions: Iterable[Prediction], aggregation: str = "max",
     out: list[StudyPrediction] = []
     for study, views in groups.items():
         rule = decision or Decision(threshold=views[0].threshold)
-        probs = [v.probability for v in views if v.ok and v.probability is not None]
+        probs = [v.probability for v in views if v.assessable and v.probability is not None]
         if not probs:
+            refused = [v for v in views if v.ok and not v.assessable]
+            if refused:  # read, but no view the model can judge
+                reasons = sorted({v.reason or "" for v in refused})
+                out.append(StudyPrediction(study, None, None, rule.threshold, aggregation, views,
+                                           verdict=NOT_ASSESSABLE, reason="no assessable view: " + "; ".join(reasons)))
+                continue
             out.append(StudyPrediction(study, None, None, rule.threshold, aggregation, views,
                                        error=f"no readable view ({len(views)} failed)"))
             continue

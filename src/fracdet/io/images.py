@@ -53,6 +53,7 @@ from fracdet.io.limits import (  # noqa: F401  (re-exported: the limit is part o
     check_pixel_limit,
     max_pixels,
 )
+from fracdet.io.quality import colour_fraction
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
@@ -333,11 +334,24 @@ def _open(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict
         if min(w, h) >= 2 * target:
             scale = target / min(w, h)
             req = (max(target, math.ceil(w * scale)), max(target, math.ceil(h * scale)))
+        if im.mode == "RGB":  # luminance-only decoding drops the colour: measure it first, at 1/8 scale
+            meta["colour_fraction"] = _jpeg_colour_fraction(p, im.size)
         try:
             im.draft("L", req)
         except (OSError, ValueError) as exc:  # pragma: no cover - best effort
             logger.debug("draft failed on %s: %s", p, exc)
     return im, meta
+
+
+def _jpeg_colour_fraction(p: Path, size: tuple[int, int]) -> float | None:
+    """:func:`~fracdet.io.quality.colour_fraction` of a colour JPEG decoded at 1/8 scale (cheap)."""
+    try:
+        with Image.open(p) as im:
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            return colour_fraction(np.asarray(im.convert("RGB")))
+    except Exception as exc:  # a truncated or odd file: the full decode reports it
+        logger.debug("%s: colour not measured (%s)", p, _one_line(exc))
+        return None
 
 
 def _load(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict[str, Any]]:
@@ -374,7 +388,8 @@ def _load(p: Path, head: bytes, min_size: int | None) -> tuple[Image.Image, dict
 
 
 def _to_float(im: Image.Image) -> tuple[np.ndarray, int]:
-    """Convert a decoded image to float32 luminance in [0, 1]; returns (array, bits)."""
+    """Convert a decoded image to float32 in [0, 1]: luminance H×W, or H×W×3/4 for colour
+    modes (see :func:`_luminance`); returns (array, bits)."""
     mode = im.mode
     if mode.startswith("I;16"):
         return np.asarray(im, dtype=np.float32) / 65535.0, 16
@@ -408,10 +423,15 @@ def _to_float(im: Image.Image) -> tuple[np.ndarray, int]:
         im = im.convert("RGBA" if "A" in mode else "RGB")  # CMYK, YCbCr, LAB, RGBX, ...
         mode = im.mode
     a = np.asarray(im, dtype=np.float32) / 255.0
+    return a, 8  # H×W×3 or ×4: colour, reduced by _luminance once measured
+
+
+def _luminance(a: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luminance of an H×W×3 (RGB) or H×W×4 (RGBA, composited over black) array."""
     lum = a[..., :3] @ _LUMA
-    if mode == "RGBA":
+    if a.shape[-1] == 4:
         lum = lum * a[..., 3]
-    return lum, 8
+    return lum
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -439,6 +459,9 @@ def _read_pil(p: Path, min_size: int | None, head: bytes) -> XRay:
                 orientation = 1
         try:
             pixels, bits = _to_float(im)
+            if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour: measured before luminance
+                meta["colour_fraction"] = colour_fraction(pixels)
+                pixels = _luminance(pixels)
         except (OSError, ValueError, TypeError, MemoryError) as exc:
             reason = f"unsupported pixel format '{im.mode}' ({_one_line(exc)})"
             raise ImageReadError(p, reason) from None

@@ -228,7 +228,8 @@ class _Service:
             dicom = {k: row[k] for k in ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "view")}
             entry: dict[str, Any] = {
                 "id": rid, "file": up.name, "input_sha256": up.sha256, "probability": pred.probability,
-                "label": pred.label, "verdict": pred.verdict, "thresholds": self.thresholds, "model": self.model,
+                "label": pred.label, "verdict": pred.verdict, "reason": pred.reason, "warning": pred.warning,
+                "thresholds": self.thresholds, "model": self.model,
                 "dicom": ({**dicom, "frame": pred.meta.get("frame")} if up.kind == "dicom" else None),
             }
             if png is not None:
@@ -247,10 +248,11 @@ class _Service:
         id_of = {id(p): rid for p, rid in with_uid}
         out = []
         for study in group_by_study([p for p, _ in with_uid], "max", decision=self.predictor.decision):
-            if study.n_views < 2:
+            if len(study.views) < 2:
                 continue
             out.append({"study_uid": study.study, "probability": study.probability, "label": study.label,
-                        "verdict": study.verdict, "aggregation": study.aggregation, "n_views": study.n_views,
+                        "verdict": study.verdict, "reason": study.reason, "aggregation": study.aggregation,
+                        "n_views": study.n_views,
                         "thresholds": self.thresholds, "views": [id_of.get(id(v)) for v in study.views]})
         return out
 

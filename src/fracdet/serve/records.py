@@ -59,9 +59,11 @@ class PredictionRecord(Base):
     view: Mapped[str | None] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(255))
     model_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    probability: Mapped[float] = mapped_column(Float)
-    label: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float | None] = mapped_column(Float)  # None: not assessable (see reason)
+    label: Mapped[str | None] = mapped_column(String(32))
     verdict: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)  # why not assessable (migration 0002)
+    warning: Mapped[str | None] = mapped_column(Text)  # e.g. an inverted film, corrected
     threshold: Mapped[float] = mapped_column(Float)
     doubt_threshold: Mapped[float | None] = mapped_column(Float)
     fracture_threshold: Mapped[float | None] = mapped_column(Float)
@@ -175,7 +177,8 @@ class RecordStore:
             session.flush()
             return {"id": int(fb.id), "prediction_id": int(pred.id), "reader_label": label,
                     "model_label": pred.label, "model_verdict": pred.verdict,
-                    "agrees": (pred.probability >= pred.threshold) == (label == FRACTURED)}
+                    "agrees": (None if pred.probability is None
+                               else (pred.probability >= pred.threshold) == (label == FRACTURED))}
 
     # ------------------------------------------------------------------ reading
     def prediction(self, prediction_id: int) -> PredictionRecord | None:
@@ -194,6 +197,7 @@ class RecordStore:
             rows = session.execute(
                 select(PredictionRecord, FeedbackRecord)
                 .join(FeedbackRecord, FeedbackRecord.prediction_id == PredictionRecord.id)
+                .where(PredictionRecord.probability.is_not(None))  # not assessable: nothing to agree with
                 .order_by(PredictionRecord.id, FeedbackRecord.created_at, FeedbackRecord.id)
             ).all()
         latest: dict[int, tuple[PredictionRecord, FeedbackRecord]] = {}
@@ -229,13 +233,15 @@ def sha256_of_file(path: str | Path) -> str:
 
 def prediction_row(pred: Any, model: Any, model_name: str, *, source: str, file_name: str | None,
                    source_path: str | None, input_sha256: str | None) -> dict[str, Any]:
-    """The record of one successful :class:`~fracdet.inference.Prediction` (never its pixels)."""
+    """The record of one read :class:`~fracdet.inference.Prediction` (never its pixels); a not
+    assessable one has no probability or label and gives its reason."""
     art = getattr(model, "artifact", model)
     meta = pred.meta or {}
     row: dict[str, Any] = {
         "source": source, "file_name": file_name, "source_path": source_path, "input_sha256": input_sha256,
         "frame": meta.get("frame"), "model_name": model_name, "model_sha256": art.sha256 or "",
-        "probability": float(pred.probability), "label": pred.label, "verdict": pred.verdict,
+        "probability": None if pred.probability is None else float(pred.probability), "label": pred.label,
+        "verdict": pred.verdict, "reason": pred.reason, "warning": pred.warning,
         "threshold": float(pred.threshold),
         "doubt_threshold": float(art.doubt_threshold) if art.doubt_threshold is not None else None,
         "fracture_threshold": float(art.fracture_threshold) if art.fracture_threshold is not None else None,
@@ -252,7 +258,7 @@ def record_predictions(db_url: str, predictions: Iterable[Any], model: Any, mode
     prediction becomes one row with its file's path, name and SHA-256; error rows are not
     recorded. ``model`` is the :class:`~fracdet.inference.Predictor` (or its artifact);
     ``model_name`` defaults to the artifact's name. Returns the new record ids, in order."""
-    preds = [p for p in predictions if p.ok and p.probability is not None]
+    preds = [p for p in predictions if p.ok]  # read: judged, or not assessable with its reason
     hashes: dict[str, str | None] = {}
     rows = []
     for p in preds:
