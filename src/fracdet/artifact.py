@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from fracdet import __version__
+from fracdet.fracturemap import check_localisation
 from fracdet.calibration import apply_calibration, check_calibration, temperature_calibration
 from fracdet.errors import ArtifactError
 from fracdet.fsutil import atomic_path
@@ -95,6 +96,7 @@ class ModelArtifact:
     split_csv: bytes | None = None  # the split it was trained with (fracdet.data.selection.split_manifest)
     ood: dict[str, Any] = field(default_factory=dict)  # how its OOD reference was fitted (fracdet.ood_fit)
     ood_arrays: dict[str, np.ndarray] | None = None  # the reference's validated arrays (ood.npz)
+    localisation: dict[str, Any] = field(default_factory=dict)  # map head's box_threshold (fracdet.fracturemap)
     version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     sha256: str = ""  # of the file it was loaded from
@@ -174,6 +176,7 @@ class ModelArtifact:
             "data": self.data,
             "metrics": self.metrics,
             "int8": self.int8,
+            "localisation": self.localisation,
             "ood": self.ood if self.ood_arrays else {},
             "version": self.version,
             "created": self.created,
@@ -388,6 +391,11 @@ def _from_payload(p: Path, payload: dict[str, Any], binaries: dict[str, Any]) ->
         if not isinstance(v, dict):
             raise bad(f"{key} is not a mapping")
         dicts[key] = dict(v)
+    if payload.get("localisation") not in (None, {}):
+        try:
+            dicts["localisation"] = check_localisation(payload["localisation"])
+        except ValueError as exc:
+            raise bad(str(exc)) from None
     state = binaries["state_dict"]
     if not isinstance(state, dict) or not state:
         raise bad("no weights")

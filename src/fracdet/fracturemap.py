@@ -22,6 +22,9 @@ from fracdet.transforms import letterbox_window
 MapBox = tuple[float, float, float, float, float]
 """(x0, y0, x1, y1, score) in original-image pixels."""
 DEFAULT_BOX_THRESHOLD = 0.5
+REGION_LEVEL = 0.5
+"""A box spans the region's cells at ≥ this share of the region's peak (the map is coarse: the
+cells around a hot one pass a low threshold too and would make every box too large)."""
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -82,23 +85,26 @@ def regions(mask: np.ndarray) -> list[np.ndarray]:
 
 def map_boxes(logits: np.ndarray, input_size: int, image_hw: tuple[int, int],
               out_hw: tuple[int, int] | None = None, threshold: float = DEFAULT_BOX_THRESHOLD,
-              mode: str = "letterbox") -> list[MapBox]:
-    """Boxes around the connected regions of map cells whose probability is at least
-    ``threshold``, in pixels of the original image (``out_hw``, default ``image_hw``; the
-    letterbox was computed on ``image_hw``), clipped to the image, best score first."""
+              mode: str = "letterbox", level: float = REGION_LEVEL) -> list[MapBox]:
+    """One box per connected region of map cells whose probability is at least ``threshold``,
+    around the region's cells at ≥ ``level`` × its peak, scored by the peak; in pixels of the
+    original image (``out_hw``, default ``image_hw``; the letterbox was computed on
+    ``image_hw``), clipped to the image, best score first."""
     prob = sigmoid(logits)
     top, left, bottom, right = _window_fraction(prob.shape, input_size, image_hw, mode)
     out_h, out_w = out_hw or image_hw
     fy, fx = out_h / max(bottom - top, 1e-9), out_w / max(right - left, 1e-9)
     boxes: list[MapBox] = []
     for cells in regions(prob >= threshold):
-        r0, c0 = cells.min(axis=0)
-        r1, c1 = cells.max(axis=0) + 1
+        values = prob[cells[:, 0], cells[:, 1]]
+        core = cells[values >= level * values.max()]
+        r0, c0 = core.min(axis=0)
+        r1, c1 = core.max(axis=0) + 1
         x0, x1 = (min(max(c0, left), right) - left) * fx, (min(max(c1, left), right) - left) * fx
         y0, y1 = (min(max(r0, top), bottom) - top) * fy, (min(max(r1, top), bottom) - top) * fy
         if x1 - x0 < 1e-6 or y1 - y0 < 1e-6:
             continue  # a region in the letterbox padding alone
-        boxes.append((float(x0), float(y0), float(x1), float(y1), float(prob[cells[:, 0], cells[:, 1]].max())))
+        boxes.append((float(x0), float(y0), float(x1), float(y1), float(values.max())))
     return sorted(boxes, key=lambda b: -b[4])
 
 
@@ -113,5 +119,5 @@ def check_localisation(d: Any) -> dict[str, Any]:
     return {**d, "box_threshold": float(t)}
 
 
-__all__ = ["DEFAULT_BOX_THRESHOLD", "MapBox", "check_localisation", "map_boxes", "map_to_image", "original_hw", "regions",
+__all__ = ["DEFAULT_BOX_THRESHOLD", "MapBox", "REGION_LEVEL", "check_localisation", "map_boxes", "map_to_image", "original_hw", "regions",
            "sigmoid"]

@@ -32,6 +32,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from fracdet import __version__
 from fracdet.artifact import ModelArtifact, load_artifact, save_artifact
 from fracdet.calibration import apply_calibration, calibrated_probability, expected_calibration_error
+from fracdet.boxtraining import map_head_kwargs, training_boxes
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset, load_dataset
 from fracdet.data.loader import EpochShuffle, epoch_seed, make_loader
@@ -88,18 +89,25 @@ class FractureModule(L.LightningModule):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         if len(x) == 0:
             return None
-        logits = self(x)
-        loss = self._loss(logits, y)
+        if len(batch) == 5 and self.model.map_head is not None:  # box masks: + λ · map loss
+            from fracdet.models.maploss import map_loss
+
+            out = self.model.graph_outputs(x.contiguous(memory_format=torch.channels_last))
+            logits = out["logit"]
+            loss = self._loss(logits, y) + self.cfg.map_weight * map_loss(out["fracture_map"], batch[3], batch[4])
+        else:
+            logits = self(x)
+            loss = self._loss(logits, y)
         self.train_acc.update(torch.sigmoid(logits), y.long())
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         if len(x) == 0:
             return
         logits = self(x)
@@ -389,7 +397,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult
     if resume:
         _check_same_split(ds, run_dir)
     model = create_model(cfg.model, pretrained=cfg.pretrained, head_hidden=cfg.head_hidden,
-                         dropout=cfg.dropout, weights_path=cfg.weights)
+                         dropout=cfg.dropout, weights_path=cfg.weights, **map_head_kwargs(cfg))
     model = model.to(memory_format=torch.channels_last)  # measured 1.5× faster training steps on CPU
     spec = spec_from_model(model.spec, resize=cfg.resize)
     if cfg.input_size:
@@ -408,6 +416,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult
     train_loader = make_loader(train_s, build_train_transforms(spec, cfg.augment),
                                cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                                cache=cfg.cache_images, seed=cfg.seed)
+    if model.map_head is not None:  # the same films, each with its box mask (data/boxtargets.py)
+        from fracdet.data.boxtargets import make_box_loader
+
+        train_loader = make_box_loader(train_s, build_train_transforms(spec, cfg.augment), training_boxes(cfg),
+                                       cfg.batch_size, cfg.num_workers, cfg.cache_images, cfg.seed)
     val_loader = make_loader(val_s, build_transforms(spec), cfg.batch_size, num_workers=cfg.num_workers,
                              cache=cfg.cache_images)
     rows: list[dict[str, Any]] = []
@@ -549,11 +562,17 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
         metrics["test"] = {k: v for k, v in test_m.items() if k not in ("classification_report", "figures")}
     if rows:
         plot_training_curves(rows, run_dir / "curves.png")
+    localisation: dict[str, Any] = {}
+    if model.map_head is not None:
+        from fracdet.boxtraining import fit_localisation
+
+        localisation = fit_localisation(model, ds.by_split("val"), spec, training_boxes(cfg), cfg.batch_size)
+        metrics["localisation"] = localisation
     art = ModelArtifact(
         architecture=cfg.model,
         state_dict=model.state_dict(),
         preprocess=spec,
-        model_config={"head_hidden": cfg.head_hidden, "dropout": cfg.dropout},
+        model_config=dict(model.config),
         threshold=threshold,
         threshold_rule=ops.threshold_rule,
         temperature=temperature,
@@ -566,6 +585,7 @@ def _finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_di
               **getattr(ds, "audit_summary", {})},
         metrics=metrics,
         split_csv=split_manifest(ds),
+        localisation={k: v for k, v in localisation.items() if k in ("box_threshold", "chosen_on")},
     )
     artifact_path = save_artifact(art, run_dir / "model.fracdet")
     art = _add_ood(artifact_path, ds)
@@ -639,7 +659,8 @@ def refinish(run_dir: str | Path) -> TrainResult:
     if ckpt is None:
         raise DatasetError(f"{run}: no best checkpoint in {run / 'checkpoints'}")
     ds = prepare_data(cfg)
-    model = create_model(cfg.model, pretrained=False, head_hidden=cfg.head_hidden, dropout=cfg.dropout)
+    model = create_model(cfg.model, pretrained=False, head_hidden=cfg.head_hidden, dropout=cfg.dropout,
+                         **map_head_kwargs(cfg))
     spec = spec_from_model(model.spec, resize=cfg.resize)
     if cfg.input_size:
         spec.input_size = int(cfg.input_size)

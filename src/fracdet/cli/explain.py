@@ -78,11 +78,13 @@ class OverlayWriter:
         box = top_box(hm, self.box_threshold) if self.box else None
         np.save(self.out_dir / f"{name}.npy", hm.astype(np.float32))
         png = save_overlay(self.out_dir / f"{name}.png", self._pixels(pred), hm,
-                           text=verdict_text(pred), method=self.method, box=box)
+                           text=verdict_text(pred), method=self.method, box=box, fracture_boxes=pred.boxes or ())
         rec = {"path": str(pred.path), "method": self.method, "probability": pred.probability,
                "label": pred.label, "overlay": str(png), "heatmap": str(self.out_dir / f"{name}.npy")}
         if self.box:
             rec["box"] = list(box) if box is not None else None
+        if pred.boxes is not None:
+            rec["boxes"] = [list(b) for b in pred.boxes]
         self.records.append(rec)
         pred.heatmap = None
         return rec
@@ -101,7 +103,8 @@ def add_explain(sub: Any) -> None:
     add_model_option(p)
     p.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
     p.add_argument("--method", action="append", metavar="METHOD",
-                   help=f"CAM method, repeatable: {', '.join(METHODS)} (default gradcam); "
+                   help=f"map, repeatable: auto (default: the model's learned fracture map when it has one, "
+                   f"else gradcam), learned, or a CAM method: {', '.join(METHODS)}; "
                    "scorecam runs one forward pass per channel (slow on a CPU)")
     p.add_argument("--box", action="store_true",
                    help="draw the 'look here' box (largest region >= --box-threshold x the map's peak) "
@@ -118,7 +121,7 @@ def _cmd_explain(a: argparse.Namespace) -> int:
     from fracdet.inference import load_model
     from fracdet.progress import progress_over
 
-    methods = [method_name(m) for m in (a.method or ["gradcam"])]
+    methods = [method_name(m) for m in (a.method or ["auto"])]
     if not 0.0 < a.box_threshold <= 1.0:
         print("error: --box-threshold must be in (0, 1]", file=sys.stderr)
         return 2
@@ -127,6 +130,7 @@ def _cmd_explain(a: argparse.Namespace) -> int:
         print("error: no image files found in " + ", ".join(a.paths), file=sys.stderr)
         return 2
     predictor = load_model(a.model, backend="torch")
+    methods = [predictor.heatmap_method(m) for m in methods]
     records: list[dict[str, Any]] = []
     bad = 0
     for method in methods:

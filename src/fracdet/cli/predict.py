@@ -55,8 +55,9 @@ def add_predict(sub: Any) -> None:
     h.add_argument("--heatmaps", nargs="?", const="", default=None, metavar="DIR",
                    help="also write a heatmap overlay PNG and the raw map (.npy) per image into DIR "
                    "(default: beside --out, as OUT-heatmaps/, else ./heatmaps)")
-    h.add_argument("--cam-method", default="gradcam",
-                   help="CAM method for --heatmaps: gradcam, gradcam++, eigencam, scorecam")
+    h.add_argument("--cam-method", default="auto",
+                   help="map for --heatmaps: auto (the model's learned fracture map when it has one, else "
+                   "gradcam), learned, or a CAM method: gradcam, gradcam++, eigencam, scorecam")
     d = p.add_argument_group("DICOM")
     d.add_argument("--force", action="store_true",
                    help="also predict DICOM that is refused by default (CT, MR, US... modalities, "
@@ -130,7 +131,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         if a.heatmaps is not None:
             from fracdet.cli.explain import OverlayWriter, heatmap_dir
 
-            overlays = OverlayWriter(heatmap_dir(a.heatmaps, a.out), a.cam_method, options)
+            overlays = OverlayWriter(heatmap_dir(a.heatmaps, a.out), predictor.heatmap_method(a.cam_method), options)
         for pred in progress_over(stream, "predicting", total=len(files)):
             if overlays is not None:
                 overlays.add(pred)  # writes PNG + .npy, then drops the map from memory

@@ -15,9 +15,10 @@ NOT_ASSESSABLE = "not assessable"
 """The verdict of an image the model cannot judge (see :mod:`fracdet.io.quality`, :mod:`fracdet.ood`)."""
 STUDY_COLUMNS = ["level", "study"]
 """Leading columns of ``--by-study`` CSVs (a study row, then its ``view`` rows)."""
-EXTRA_COLUMNS = ["n_views", "aggregation", "frame", "modality", "body_part", "view",
+EXTRA_COLUMNS = ["boxes", "n_views", "aggregation", "frame", "modality", "body_part", "view",
                  "study_uid", "series_uid", "sop_uid"]
-"""Written after :data:`COLUMNS` when any row has them (DICOM inputs, study rows)."""
+"""Written after :data:`COLUMNS` when any row has them (a model with a fracture map, DICOM inputs,
+study rows); ``boxes`` is a JSON list of ``[x0, y0, x1, y1, score]`` in CSV."""
 ROW_META_KEYS = ("frame", "modality", "body_part", "view", "study_uid", "series_uid", "sop_uid")
 """``meta`` keys copied into output rows when present (DICOM inputs)."""
 
@@ -42,6 +43,9 @@ class Prediction:
     """Why the image is not assessable (not a radiograph this model can judge), else None."""
     warning: str | None = None
     """Something the reader should know about an assessed image (e.g. an inverted film, corrected)."""
+    boxes: list[tuple[float, float, float, float, float]] | None = None
+    """Fracture boxes ``(x0, y0, x1, y1, score)`` in original-image pixels, best first, from the
+    model's learned fracture map (:mod:`fracdet.fracturemap`); None when the model has no map."""
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,10 @@ class Prediction:
         finally:
             self.heatmap = heatmap
         d.pop("heatmap")
+        if d["boxes"] is None:
+            d.pop("boxes")
+        else:
+            d["boxes"] = [[round(float(v), 1) for v in b[:4]] + [round(float(b[4]), 4)] for b in d["boxes"]]
         meta = d.pop("meta")
         for key in ROW_META_KEYS:
             if meta.get(key) not in (None, ""):

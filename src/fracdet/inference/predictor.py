@@ -28,6 +28,7 @@ import numpy as np
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import apply_calibration
 from fracdet.errors import FracdetError, ImageReadError
+from fracdet.fracturemap import DEFAULT_BOX_THRESHOLD, map_boxes, map_to_image, original_hw
 from fracdet.inference.assess import INVERTED_WARNING, WINDOW_KEY, Assessor, Judgement, check_features, invert_prepared
 from fracdet.inference.backends import choose_backend
 from fracdet.inference.onnx import OnnxRunner
@@ -39,9 +40,16 @@ from fracdet.operating import Decision
 from fracdet.transforms import build_transforms
 
 log = logging.getLogger(__name__)
-_NO_PIXELS = np.zeros((0, 0), np.float32)  # a prediction keeps its image's path and meta, not its pixels
+
 TORCH_BACKEND = "fracdet.models.torch_backend"  # imported by name: see the module docstring
 EXPLAIN = "fracdet.explain"
+LEARNED = "learned"  # the heatmap method of a model's own fracture map (no PyTorch)
+
+
+def _no_pixels(pixels: np.ndarray) -> np.ndarray:
+    """A stand-in of ``pixels``' shape holding no memory: a prediction keeps its image's path,
+    meta and size (for mapping boxes back), not its pixels."""
+    return np.broadcast_to(np.float32(0.0), pixels.shape[:2])
 
 
 class Predictor:
@@ -114,7 +122,37 @@ class Predictor:
         """The graph's named outputs (``logit``, and ``features`` where the graph has them)."""
         if isinstance(self._onnx, OnnxRunner):
             return self._onnx.run(np.asarray(batch, dtype=np.float32))
-        return {"logit": self.torch_side(batch) if self._onnx is None else self._onnx(batch)}
+        return self.torch_side.outputs(batch) if self._onnx is None else {"logit": self._onnx(batch)}
+
+    @property
+    def has_map(self) -> bool:
+        """Whether the model has a learned fracture map (``fracture_map`` output)."""
+        return bool(self.artifact.model_config.get("map_stride"))
+
+    def heatmap_method(self, cam_method: str = "auto") -> str:
+        """``auto``: the learned map when the model has one, else Grad-CAM; else ``cam_method``."""
+        if cam_method == "auto":
+            return LEARNED if self.has_map else "gradcam"
+        if cam_method == LEARNED and not self.has_map:
+            raise FracdetError("this model has no learned fracture map; use a CAM method (e.g. --cam-method gradcam)")
+        return cam_method
+
+    def _add_maps(self, preds: Sequence[Prediction], outputs: dict[str, np.ndarray], items: Sequence[XRay],
+                  heatmap: bool) -> None:
+        """Each assessed prediction's fracture boxes (always) and, with ``heatmap``, its learned map
+        at the original size, from the graph's ``fracture_map`` (nothing when the model has none)."""
+        maps = outputs.get("fracture_map")
+        if maps is None:
+            return
+        pre = self.artifact.preprocess
+        t = float(self.artifact.localisation.get("box_threshold", DEFAULT_BOX_THRESHOLD))
+        for pred, x, m in zip(preds, items, maps):
+            if pred.probability is None:
+                continue
+            hw, out_hw = x.pixels.shape[:2], original_hw(x.pixels, x.meta)
+            pred.boxes = map_boxes(m, pre.input_size, hw, out_hw, t, pre.resize)
+            if heatmap:
+                pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
 
     def _results(self, outputs: dict[str, np.ndarray], items: Sequence[XRay],
                  prepared: Sequence[np.ndarray] = ()) -> list[Prediction]:
@@ -160,10 +198,11 @@ class Predictor:
 
     def predict(self, image: str | Path | np.ndarray | XRay,
                 dicom: DicomOptions | None = None, heatmap: bool = False,
-                cam_method: str = "gradcam") -> Prediction:
+                cam_method: str = "auto") -> Prediction:
         """Predict one image given as a path, an H×W [0, 1] array (bone bright) or an XRay
         (a multi-frame DICOM path: frame 0; :meth:`predict_paths` gives every frame);
-        ``heatmap=True``: the CAM (``cam_method``) at the original size (needs PyTorch)."""
+        ``heatmap=True``: the map at the original size — ``auto``: the learned fracture map when the
+        model has one, else Grad-CAM; a CAM method (``cam_method``) needs PyTorch."""
         if isinstance(image, np.ndarray):
             image = XRay(pixels=np.asarray(image, dtype=np.float32), path=None, meta={})
         elif not isinstance(image, XRay):
@@ -174,9 +213,12 @@ class Predictor:
             return refused
         prepared = self.transform.prepare(image.pixels)
         batch = self.transform.finish_batch([prepared])
-        pred = self._results(self._outputs(batch), [image], [prepared])[0]
-        if heatmap and pred.assessable:
-            pred.heatmap = self._heatmaps(batch, [image], cam_method)[0]
+        outputs = self._outputs(batch)
+        pred = self._results(outputs, [image], [prepared])[0]
+        method = self.heatmap_method(cam_method) if heatmap else ""
+        self._add_maps([pred], outputs, [image], method == LEARNED)
+        if heatmap and pred.assessable and method != LEARNED:
+            pred.heatmap = self._heatmaps(batch, [image], method)[0]
         return pred
 
     def _error_row(self, path: Path, reason: str, exc: BaseException) -> Prediction:
@@ -191,7 +233,7 @@ class Predictor:
 
     def predict_paths(
         self, paths: Iterable[str | Path], batch_size: int = 8,
-        dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "gradcam",
+        dicom: DicomOptions | None = None, heatmaps: bool = False, cam_method: str = "auto",
     ) -> Iterator[Prediction]:
         """Stream predictions for files and folders (recursively), in batches, in input
         order; a bad file yields one error row and the batch goes on. A DICOM file gives
@@ -205,15 +247,19 @@ class Predictor:
         dicom = dicom or DicomOptions()
         buffer = np.empty((batch_size, self.artifact.preprocess.channels, size, size), np.float32)  # reused
         n_ready = 0
+        method = self.heatmap_method(cam_method) if heatmaps else ""
+        cams = heatmaps and method != LEARNED  # CAMs need the full pixels and PyTorch
 
         def flush() -> list[Prediction]:
             ready = [q for q in queue if not isinstance(q, Prediction)]
             batch = self.transform.finish_batch([t for _, t in ready], out=buffer) if ready else None
-            done = iter(self._results(self._outputs(batch), [x for x, _ in ready], [t for _, t in ready])
-                        if ready else [])
+            outputs = self._outputs(batch) if ready else {}
+            results = self._results(outputs, [x for x, _ in ready], [t for _, t in ready]) if ready else []
+            self._add_maps(results, outputs, [x for x, _ in ready], method == LEARNED)
+            done = iter(results)
             out = [q if isinstance(q, Prediction) else next(done) for q in queue]
-            if heatmaps and ready:  # each prediction carries its CAM
-                maps = iter(self._heatmaps(batch.copy(), [x for x, _ in ready], cam_method))  # type: ignore[union-attr]
+            if cams and ready:  # each prediction carries its CAM
+                maps = iter(self._heatmaps(batch.copy(), [x for x, _ in ready], method))  # type: ignore[union-attr]
                 for q, o in zip(queue, out):
                     if not isinstance(q, Prediction):
                         o.heatmap = next(maps)
@@ -234,7 +280,7 @@ class Predictor:
                             yield refused
                             continue
                         prepared = self.transform.prepare(x.pixels)
-                        yield (x if heatmaps else XRay(_NO_PIXELS, x.path, x.meta)), prepared
+                        yield (x if cams else XRay(_no_pixels(x.pixels), x.path, x.meta)), prepared
             except ImageReadError as exc:
                 yield self._error_row(path, exc.reason, exc)
             except FracdetError as exc:

@@ -1,0 +1,228 @@
+"""The learned fracture map: map head, box targets, export, boxes in original pixels, writer."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fracdet.artifact import ModelArtifact, load_artifact, save_artifact
+from fracdet.data.augment import TrainTransform
+from fracdet.data.boxtargets import BoxDataset, collate_boxes, input_mask
+from fracdet.errors import ArtifactError, FracdetError
+from fracdet.fracturemap import map_boxes, map_to_image
+from fracdet.inference import Predictor
+from fracdet.inference.onnx import OnnxRunner
+from fracdet.inference.prediction import COLUMNS, Prediction
+from fracdet.inference.writer import PredictionWriter
+from fracdet.localisation import pointing_hit
+from fracdet.models import FracNet, create_model
+from fracdet.models.registry import get_spec
+from fracdet.models.simple_cnn import SimpleCNN
+from fracdet.models.export import onnx_bytes
+from fracdet.models.maploss import cell_targets, map_loss
+from fracdet.transforms import AugmentConfig, ModelTransform, PreprocessSpec
+
+from synth import tiny_model_file, xray_array
+
+SPEC = PreprocessSpec(input_size=64, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def _blob_film(rng: np.random.Generator, h: int = 64, w: int = 96, side: int = 24) -> tuple[np.ndarray, tuple]:
+    """A dark noisy film with one bright square (the 'fracture') and its COCO box."""
+    img = rng.normal(0.15, 0.03, (h, w)).astype(np.float32)
+    y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+    img[y:y + side, x:x + side] = 0.9
+    return np.clip(img, 0, 1), (float(x), float(y), float(side), float(side))
+
+
+class _Films:
+    def __init__(self, folder: Path, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.samples, self.boxes = [], {}
+        for i in range(n):
+            img, box = _blob_film(rng)
+            path = folder / f"film{seed}_{i}.png"
+            Image.fromarray((img * 255).astype(np.uint8)).save(path)
+            self.samples.append(type("S", (), {"path": path, "label": 1})())
+            self.boxes[path.name] = [box]
+
+
+def test_map_boxes_and_map_follow_the_inverse_letterbox():
+    # a 100×200 (h×w) film in a 64 px input: window top 16, left 0, 32×64; 8×8 map of 8 px cells
+    logits = np.full((8, 8), -9.0, np.float32)
+    logits[3, 2:4] = 3.0  # input y 24..32, x 16..32
+    boxes = map_boxes(logits, 64, (100, 200), threshold=0.5)
+    assert len(boxes) == 1
+    np.testing.assert_allclose(boxes[0][:4], (50.0, 25.0, 100.0, 50.0), atol=1e-4)
+    assert boxes[0][4] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-5)
+    # the file was twice as large as the decoded pixels: boxes in the file's pixels
+    big = map_boxes(logits, 64, (100, 200), out_hw=(200, 400), threshold=0.5)
+    np.testing.assert_allclose(big[0][:4], (100.0, 50.0, 200.0, 100.0), atol=1e-4)
+    # a region in the padding alone gives no box; two regions give two, best first
+    logits[0, 0] = 5.0  # input y 0..8: above the window (it starts at y 16)
+    logits[4, 6] = 4.0  # input y 32..40, x 48..56
+    got = map_boxes(logits, 64, (100, 200), threshold=0.5)
+    assert [round(b[4], 3) for b in got] == [round(1 / (1 + np.exp(-v)), 3) for v in (4.0, 3.0)]
+    heat = map_to_image(logits, 64, (100, 200))
+    assert heat.shape == (100, 200) and 0.0 <= heat.min() and heat.max() <= 1.0
+    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert 50 <= r < 75 and 150 <= c < 175  # cell (4, 6): image rows 50..75, columns 150..175
+
+
+def test_box_mask_moves_with_the_image_under_augmentation():
+    aug = AugmentConfig(rotation=25, translate=0.15, zoom=0.15, hflip=True, brightness=0, contrast=0,
+                        blur_p=0, erasing_p=0, noise=0)
+    transform = TrainTransform(SPEC, aug)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for _ in range(12):
+        img, box = _blob_film(rng)
+        prepared = ModelTransform(SPEC).prepare(img)
+        mask = input_mask([box], img.shape, 64)
+        x, m = transform.finish_pair(prepared, mask)
+        bright = x[0] * 0.25 + 0.5 > 0.6  # back to [0, 1]
+        assert bright.any() and m.any()
+        inside = m[0][bright].mean()
+        assert inside > 0.9, inside  # the bright square stays under its mask
+
+
+def test_map_head_learns_to_point_at_a_blob(tmp_path):
+    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.25,) * 3)  # an 8×8 map
+    torch.manual_seed(0)
+    train, held = _Films(tmp_path, 48, 1), _Films(tmp_path, 20, 2)
+    narrow = SimpleCNN(widths=(8, 16, 32, 64))  # random, frozen features: the map head alone learns
+    model = FracNet(narrow, 64, get_spec("simple_cnn"), head_hidden=8, dropout=0.0, map_stride=32, map_width=32)
+    model.freeze_backbone()
+    ds = BoxDataset(train.samples, ModelTransform(spec), train.boxes)
+    x, _, _, masks, weights = collate_boxes([ds[i] for i in range(len(ds))])
+    assert masks.shape == (48, 1, 128, 128) and float(weights.min()) == 1.0
+    with torch.no_grad():
+        final, mid = model.maps(x)
+    targets = cell_targets(masks, tuple(final.shape[-2:]))
+    opt = torch.optim.Adam(model.map_head.parameters(), lr=1e-2)
+    for _ in range(300):
+        model.map_head.train()
+        loss = map_loss(model.map_head(final), targets, weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    hits = centre = 0
+    for s in held.samples:
+        img = np.asarray(Image.open(s.path), np.float32) / 255.0
+        with torch.inference_mode():
+            fmap = model.graph_outputs(torch.from_numpy(ModelTransform(spec)(img))[None])["fracture_map"][0].numpy()
+        hits += pointing_hit(map_to_image(fmap, 128, img.shape), held.boxes[s.path.name])
+        centre += pointing_hit(np.pad(np.ones((1, 1)), ((32, 31), (48, 47))), held.boxes[s.path.name])
+    assert hits >= 16, (hits, centre)  # of 20; the image centre hits far fewer
+    assert hits > centre + 5
+
+
+def test_export_gives_the_fracture_map_as_pytorch_does():
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1, map_stride=32, map_fuse=0.5).eval()
+    runner = OnnxRunner(onnx_bytes(model, 64))
+    x = torch.randn(3, 3, 64, 64)
+    got = runner.run(x.numpy())
+    with torch.inference_mode():
+        ref = model.graph_outputs(x)
+        fused = 0.5 * model.forward_head(ref["features"]) + 0.5 * ref["fracture_map"].amax(dim=(1, 2))
+    assert set(got) == {"logit", "features", "fracture_map"}
+    np.testing.assert_allclose(got["fracture_map"], ref["fracture_map"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["logit"], ref["logit"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(ref["logit"].numpy(), fused.numpy(), atol=1e-5)
+
+
+def _map_model_file(folder: Path, **localisation) -> Path:
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1, map_stride=32).eval()
+    with torch.no_grad():
+        model.map_head.out[-1].bias.fill_(3.0)  # every cell above the threshold: one box, the whole film
+    art = ModelArtifact(architecture="simple_cnn", state_dict=model.state_dict(), preprocess=SPEC,
+                        model_config=dict(model.config), localisation=localisation or {"box_threshold": 0.5})
+    return save_artifact(art, folder / "map.fracdet")
+
+
+def test_a_map_model_gives_boxes_in_original_pixels_through_the_writer(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.fromarray(xray_array(True, 3, (100, 250))).save(path)
+    predictor = Predictor(load_artifact(_map_model_file(tmp_path)))
+    assert predictor.has_map and predictor.heatmap_method("auto") == "learned"
+    [pred] = list(predictor.predict_paths([path], heatmaps=True))
+    assert pred.ok and pred.boxes and pred.heatmap is not None and pred.heatmap.shape == (100, 250)
+    x0, y0, x1, y1, score = pred.boxes[0]
+    assert (x0, y0) == pytest.approx((0, 0), abs=1e-3) and (x1, y1) == pytest.approx((250, 100), abs=1e-3)
+    assert 0.5 < score <= 1.0
+    for out in ("rows.csv", "rows.json"):
+        with PredictionWriter(tmp_path / out) as w:
+            w.add(pred)
+    with open(tmp_path / "rows.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert json.loads(row["boxes"])[0][:4] == [0.0, 0.0, 250.0, 100.0]
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["boxes"][0][:4] == [0.0, 0.0, 250.0, 100.0]
+
+
+def test_a_bad_box_threshold_in_a_model_file_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="box_threshold"):
+        load_artifact(_map_model_file(tmp_path, box_threshold=1.5))
+
+
+def test_a_model_without_a_map_predicts_as_before(tmp_path):
+    path = tmp_path / "film.png"
+    Image.fromarray(xray_array(True, 4, (100, 250))).save(path)
+    predictor = Predictor(load_artifact(tiny_model_file(tmp_path)))
+    assert not predictor.has_map and predictor.heatmap_method("auto") == "gradcam"
+    with pytest.raises(FracdetError, match="no learned fracture map"):
+        predictor.heatmap_method("learned")
+    [pred] = list(predictor.predict_paths([path]))
+    assert pred.ok and pred.boxes is None and "boxes" not in pred.to_row()
+    with PredictionWriter(tmp_path / "rows.csv") as w:
+        w.add(pred)
+    with open(tmp_path / "rows.csv", newline="") as f:
+        assert next(csv.reader(f)) == COLUMNS
+
+
+def test_rows_without_boxes_keep_their_columns_beside_rows_with_boxes(tmp_path):
+    a = Prediction(path="a.png", probability=0.9, label="fractured", threshold=0.5, boxes=[(1, 2, 3, 4, 0.8)])
+    b = Prediction(path="b.png", probability=0.1, label="not fractured", threshold=0.5, boxes=[])
+    with PredictionWriter(tmp_path / "rows.csv") as w:
+        w.add(a)
+        w.add(b)
+    with open(tmp_path / "rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [json.loads(r["boxes"]) for r in rows] == [[[1.0, 2.0, 3.0, 4.0, 0.8]], []]
+
+
+@pytest.mark.slow
+def test_train_with_boxes_records_the_map_head_and_its_threshold(tmp_path):
+    from fracdet.cli import main
+
+    rng = np.random.default_rng(5)
+    images, annotations = [], []
+    for label, name in enumerate(("not_fractured", "fractured")):
+        for i in range(14):
+            img, box = _blob_film(rng) if label else (np.clip(rng.normal(0.15, 0.03, (64, 96)), 0, 1), None)
+            path = tmp_path / "data" / name / f"{name}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(path)
+            images.append({"id": len(images) + 1, "file_name": path.name, "width": 96, "height": 64})
+            if box:
+                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "bbox": list(box)})
+    coco = tmp_path / "boxes.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations}))
+    rc = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "simple_cnn",
+               "--no-pretrained", "--input-size", "64", "--epochs1", "1", "--epochs2", "1", "--batch-size", "8",
+               "--head-hidden", "8", "--no-int8", "--accelerator", "cpu", "--devices", "1", "--no-progress",
+               "--boxes", str(coco), "--map-weight", "1"])
+    assert rc == 0
+    art = load_artifact(tmp_path / "run" / "model.fracdet")
+    assert art.model_config["map_stride"] == 32 and 0 < art.localisation["box_threshold"] < 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["map_weight"] == 1.0
+    [pred] = list(Predictor(art).predict_paths([tmp_path / "data" / "fractured" / "fractured_0.png"]))
+    assert pred.boxes is not None
