@@ -39,7 +39,8 @@ FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas
 def _check_of(reason: str) -> str:
     """Which check refused an image, from its reason."""
     for key, name in (("blank", "blank"), ("colour", "colour"), ("noise", "noise"), ("too small", "size"),
-                      ("body part", "body part"), ("inverted", "inverted"), ("unlike", "features")):
+                      ("body part", "body part"), ("unlike", "features"), ("positive is still", "features (corrected)"),
+                      ("inverted", "inverted")):
         if key in reason:
             return name
     return "other"
@@ -107,8 +108,11 @@ def main() -> None:
         read = [p for p in preds if p.ok]
         refused = [p for p in read if not p.assessable]
         warned = [p for p in read if p.warning]
+        labels = {str(s.path): s.label for s in samples}
         results[f"fracatlas_{split}"] = {"n": len(read), "refused": len(refused), "warned": len(warned),
                                          "rate": len(refused) / max(len(read), 1), "note": note,
+                                         "refused_fractured": sum(labels.get(str(p.path)) == 1 for p in refused),
+                                         "fractured": sum(labels.get(str(p.path)) == 1 for p in read),
                                          "checks": dict(Counter(_check_of(p.reason or "") for p in refused))}
         rows.append((f"FracAtlas {split} films (false refusals{'; reported once' if split == 'test' else ''})",
                      len(read), len(refused), {**results[f"fracatlas_{split}"]["checks"],
@@ -170,6 +174,11 @@ def main() -> None:
     print(f"| inverted FracAtlas test films | {inv['n']} | {inv['detected']} detected "
           f"({inv['corrected']} corrected, {inv['detected'] - inv['corrected']} refused) | "
           f"{100 * inv['detected'] / max(inv['n'], 1):.1f}% | {inv['flagged']} more judged with a warning |")
+    for split in ("val", "test"):
+        r = results[f"fracatlas_{split}"]
+        print(f"\nFracAtlas {split}: {r['refused_fractured']} of the {r['refused']} refused films are fractured "
+              f"({r['fractured']} of {r['n']} in the split)", end="")
+    print()
     if inv["mean_abs_dp_corrected"] is not None:
         print(f"\ncorrected inverted films vs their upright film: mean |Δp| {inv['mean_abs_dp_corrected']:.4f}, "
               f"p99 {inv['p99_abs_dp_corrected']:.4f}")

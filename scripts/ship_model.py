@@ -26,6 +26,10 @@ REPRODUCE = (
     "fracdet train ../shared/data/fracatlas --out runs/default-fracatlas "
     "--epochs1 3 --epochs2 10 --patience 3\npython scripts/ship_model.py runs/default-fracatlas"
 )
+REFIT_OOD = (  # after any re-save of the shipped model that did not come from training (e.g. fracdet calibrate)
+    "fracdet fit-ood ../shared/data/fracatlas --model src/fracdet/weights/default.fracdet "
+    "--out src/fracdet/weights/default.fracdet"
+)
 
 
 def main() -> None:
@@ -58,6 +62,8 @@ def main() -> None:
         "\n## Reproduce\n\nOn a 2-core CPU (no GPU), from the repository root with FracAtlas in "
         "`../shared/data/fracatlas`:\n\n```bash\n" + REPRODUCE + "\n```\n\n"
         "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder).\n"
+        "Training fits the out-of-distribution reference; after another re-save of the default model (e.g. "
+        "`fracdet calibrate`) refit it with `" + REFIT_OOD + "`.\n"
     )
     if a.wall_seconds:
         card += f"Training wall time when it was made: {a.wall_seconds / 60:.1f} minutes.\n"

@@ -71,8 +71,8 @@ class Assessor:
             if p >= INVERTED_CONFIDENT:
                 out.append(Judgement(invert=True))
             elif d > ref.threshold:
-                out.append(Judgement(reason=f"unlike the films this model was built on (feature distance {d:.0f} > "
-                                            f"{ref.threshold:.0f})" + ("; possibly an inverted film" if p >= INVERTED_LIKELY
+                out.append(Judgement(reason=f"unlike the films this model was built on (feature distance {d:.1f} > "
+                                            f"{ref.threshold:.1f})" + ("; possibly an inverted film" if p >= INVERTED_LIKELY
                                                                        else "")))
             elif p >= INVERTED_LIKELY:  # like the model's films, yet perhaps a negative (e.g. white collimation)
                 out.append(Judgement(warning=f"possibly an inverted (negative) film (probability {p:.2f}, too unsure "
