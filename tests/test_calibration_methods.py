@@ -102,7 +102,7 @@ def _rewrite_meta(path, change):
 
 
 def test_artifact_stores_applies_and_validates_the_map(tmp_path):
-    from synth import tiny_model_file
+    from synth import tiny_model_file, xray_array
 
     from fracdet.artifact import load_artifact, save_artifact
     from fracdet.errors import ArtifactError
@@ -123,7 +123,7 @@ def test_artifact_stores_applies_and_validates_the_map(tmp_path):
         assert json.loads(zf.read("fracdet.json"))["format_version"] == 4
     art = load_artifact(out)
     assert art.calibration == old.calibration
-    pred = Predictor(art).predict(np.random.default_rng(0).random((60, 50)).astype(np.float32))
+    pred = Predictor(art).predict(xray_array(True, seed=0))
     a, b = art.calibration["params"]["a"], art.calibration["params"]["b"]
     assert pred.probability == pytest.approx(1 / (1 + np.exp(-(a * pred.logit + b))), abs=1e-5)
 
@@ -133,3 +133,19 @@ def test_artifact_stores_applies_and_validates_the_map(tmp_path):
     _rewrite_meta(out, lambda m: m.update(calibration="platt"))
     with pytest.raises(ArtifactError, match="calibration must be a mapping"):
         load_artifact(out)
+
+
+def test_dicom_sr_names_the_calibration_in_ascii(tmp_path):
+    pytest.importorskip("highdicom")
+    from synth import tiny_model_file
+
+    from fracdet.artifact import load_artifact
+    from fracdet.dicomnode.results import _calibration_text
+
+    art = load_artifact(tiny_model_file(tmp_path, temperature=1.3))
+    assert _calibration_text(art) == "calibration=temperature temperature=1.3"
+    art.set_calibration({"method": "beta", "params": {"a": 1.125315, "b": 0.4452, "c": -0.37198}})
+    assert _calibration_text(art) == "calibration=beta a=1.125 b=0.4452 c=-0.372"
+    art.set_calibration({"method": "isotonic", "params": {"x": [0.0, 1.0, 2.0], "y": [0.1, 0.2, 0.9]}})
+    text = _calibration_text(art)
+    assert text == "calibration=isotonic, 3 breakpoints" and text.isascii() and len(text) <= 64

@@ -68,8 +68,17 @@ def algorithm_id(predictor: Any) -> Any:
         name=f"fracdet {art.architecture}", version=str(art.version or __version__)[:64],
         manufacturer=MANUFACTURER,
         parameters=[f"artifact SHA-256={art.sha256 or 'unknown (in-memory model)'}",
-                    f"temperature={predictor.temperature:.6g}", "use=research only, not clinically validated"],
+                    _calibration_text(art), "use=research only, not clinically validated"],
     )
+
+
+def _calibration_text(art: Any) -> str:
+    """The calibration map in ASCII within a DICOM LO (64 characters), e.g. ``calibration=beta a=1.13 b=0.445 c=-0.372``."""
+    spec = art.calibration_in_use()
+    params = spec["params"]
+    if spec["method"] == "isotonic":
+        return f"calibration=isotonic, {len(params['x'])} breakpoints"
+    return (f"calibration={spec['method']} " + " ".join(f"{k}={v:.4g}" for k, v in params.items()))[:64]
 
 
 def _group(tracking: str, uid: str, codes: dict[str, Any], predictor: Any, probability: float | None, verdict: str,
