@@ -142,6 +142,10 @@ def _cmd_explain(a: argparse.Namespace) -> int:
                 if method == methods[0]:
                     print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
                 continue
+            if not pred.assessable:  # no map for an image the model does not judge
+                if method == methods[0]:
+                    print(f"not assessable: {pred.path}: {pred.reason}", file=sys.stderr)
+                continue
             writer.add(pred)
         records.extend(writer.records)
     write_json(Path(a.out) / "explanations.json", records)

@@ -103,7 +103,9 @@ def check_features(reference: OodReference | None, output_names: list[str] | Non
     graph gives no ``features`` output; :class:`ArtifactError` when they disagree in size)."""
     if reference is None:
         return None, "no OOD reference in the model: image checks only (fit one with `fracdet fit-ood`)"
-    if not output_names or "features" not in output_names:
+    if output_names is None:
+        return None, "the PyTorch backend gives no features here: image checks only"
+    if "features" not in output_names:
         return None, "the graph gives no features output (an ensemble, or a graph exported before features): image checks only"
     if n_features is not None and n_features != reference.n_features:
         raise ArtifactError(f"invalid model file: the graph gives {n_features} features, its OOD reference "
