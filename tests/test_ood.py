@@ -330,3 +330,27 @@ def test_shipped_model_judges_fracatlas_films(shipped):
     films = sorted((root / "Non_fractured").glob("*.jpg"))[:24]
     rows = list(shipped.predict_paths(films, batch_size=8))
     assert sum(r.assessable for r in rows) >= 23, [(r.path, r.reason) for r in rows if not r.assessable]
+
+
+def test_fit_ood_command_and_training_fit_the_reference(tiny, tmp_path, capsys):
+    """``fracdet fit-ood`` on data with train/val folders (the training split is the reference, the
+    validation split the threshold), and the step training ends with, on the tiny model."""
+    from fracdet.artifact import load_artifact
+    from fracdet.cli import main
+    from fracdet.data.layouts import load_dataset
+    from fracdet.train import _add_ood
+    from synth import make_split_folders
+
+    data = make_split_folders(tmp_path / "data", {"train": 12, "val": 8, "test": 4})
+    out = tmp_path / "fitted.fracdet"
+    assert main(["fit-ood", str(data), "--model", str(tiny), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "OOD reference on 24 training films" in printed and "16 films" in printed
+    art = load_artifact(out)
+    ref = art.ood_reference()
+    assert ref is not None and art.ood["n_train"] == 24 and art.ood["n_val"] == 16
+    assert art.state_dict.keys() == load_artifact(tiny).state_dict.keys() and art.threshold == 0.5
+    copy = tmp_path / "run.fracdet"
+    copy.write_bytes(tiny.read_bytes())
+    trained = _add_ood(copy, load_dataset(data))
+    assert trained.ood_reference() is not None and load_artifact(copy).ood_reference() is not None
