@@ -354,3 +354,22 @@ def test_fit_ood_command_and_training_fit_the_reference(tiny, tmp_path, capsys):
     copy.write_bytes(tiny.read_bytes())
     trained = _add_ood(copy, load_dataset(data))
     assert trained.ood_reference() is not None and load_artifact(copy).ood_reference() is not None
+
+
+def test_dicom_colour_is_measured_before_luminance():
+    """Colour and palette DICOM (read with force) carry their share of coloured pixels, so the
+    image checks refuse them; a monochrome radiograph has none."""
+    from fracdet.io.dicom import DicomOptions, read_frames
+    from fracdet.io.quality import image_problem
+
+    from optional import missing_optional
+
+    try:
+        from pydicom.data import get_testdata_file
+    except ImportError:  # pragma: no cover - a light install
+        missing_optional("pydicom-data not installed (the dev extra)")
+    for name in ("OT-PAL-8-face.dcm", "examples_palette.dcm"):
+        x = read_frames(Path(get_testdata_file(name)), DicomOptions(force=True))[0]
+        assert x.meta["colour_fraction"] > 0.1 and "colour image" in image_problem(x.pixels, x.meta), name
+    mono = read_frames(Path(get_testdata_file("RG3_UNCR.dcm")))[0]
+    assert "colour_fraction" not in mono.meta

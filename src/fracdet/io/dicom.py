@@ -77,6 +77,7 @@ import numpy as np
 
 from fracdet.errors import ImageReadError
 from fracdet.io.limits import check_pixel_limit
+from fracdet.io.quality import colour_fraction
 from fracdet.io.xray import MIN_SIDE, XRay
 
 __all__ = [
@@ -480,6 +481,7 @@ def display_pixels(
             rgb = _minmax(stored.astype(np.float64))
         else:
             rgb = stored.astype(np.float64) / float((1 << bits) - 1)
+        meta["colour_fraction"] = colour_fraction(np.clip(rgb[..., :3], 0.0, 1.0))  # before luminance
         out = np.clip(rgb[..., :3], 0.0, 1.0) @ _LUMA
         meta["voi"] = "colour → luminance"
     elif photometric == "PALETTE COLOR":
@@ -488,6 +490,7 @@ def display_pixels(
         rgb = np.asarray(apply_color_lut(stored, ds), dtype=np.float64)
         maxval = float(rgb.max()) if rgb.size else 1.0
         scale = 255.0 if maxval <= 255 else 65535.0
+        meta["colour_fraction"] = colour_fraction(np.clip(rgb / scale, 0.0, 1.0)[..., :3])
         out = np.clip(rgb / scale, 0.0, 1.0) @ _LUMA
         meta["voi"] = "palette → luminance"
     elif stored.ndim == 2:
