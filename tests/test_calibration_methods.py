@@ -123,7 +123,7 @@ def test_artifact_stores_applies_and_validates_the_map(tmp_path):
         assert json.loads(zf.read("fracdet.json"))["format_version"] == 4
     art = load_artifact(out)
     assert art.calibration == old.calibration
-    pred = Predictor(art).predict(xray_array(True, seed=0))
+    pred = Predictor(art).predict(xray_array(True, seed=0) / np.float32(255))
     a, b = art.calibration["params"]["a"], art.calibration["params"]["b"]
     assert pred.probability == pytest.approx(1 / (1 + np.exp(-(a * pred.logit + b))), abs=1e-5)
 

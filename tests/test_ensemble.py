@@ -15,7 +15,7 @@ from fracdet.ensembling import fit_ensemble
 from fracdet.models.ensemble import EnsembleNet, build_ensemble, fit_weights, parse_weights
 from fracdet.inference import Predictor
 from fracdet.transforms import PreprocessSpec
-from synth import make_split_folders, write_image
+from synth import make_split_folders, write_image, xray_array
 
 
 def _member(tmp_path, seed, size=48, mean=0.5, temperature=1.5, threshold=0.5):
@@ -43,8 +43,8 @@ def test_ensemble_round_trips_and_equals_weighted_sum(tmp_path, members):
     assert loaded.model_config["weights"] == [0.75, 0.25]
     assert np.isclose(loaded.threshold, 0.75 * 0.4 + 0.25 * 0.6)
     assert isinstance(loaded.build_model(), EnsembleNet)
-    rng = np.random.default_rng(0)
-    images = [rng.random((60, 50)).astype(np.float32), rng.random((40, 70)).astype(np.float32)]
+    images = [xray_array(False, seed=0, size=(120, 100)) / np.float32(255),  # assessable films, not noise
+              xray_array(True, seed=1, size=(100, 160)) / np.float32(255)]
     for img in images:
         fused = Predictor(loaded).predict(img).probability
         parts = [Predictor(a).predict(img).probability for a in arts]
@@ -59,7 +59,7 @@ def test_members_with_different_input_sizes(tmp_path):
     arts = [load_artifact(_member(tmp_path, 1, size=48)), load_artifact(_member(tmp_path, 2, size=32, mean=0.4))]
     ens = build_ensemble(arts, [0.5, 0.5])
     assert ens.preprocess.input_size == 48 and ens.preprocess.mean == (0.0, 0.0, 0.0)
-    img = np.random.default_rng(1).random((64, 64)).astype(np.float32)  # square: letterboxes agree
+    img = xray_array(True, seed=1, size=(96, 96)) / np.float32(255)  # square: letterboxes agree
     fused = Predictor(ens).predict(img).probability
     parts = [Predictor(a).predict(img).probability for a in arts]
     assert np.isclose(fused, 0.5 * sum(parts), atol=2e-3)
@@ -157,3 +157,28 @@ def test_members_must_share_one_split(members):
         build_ensemble([a, b])
     b.split_csv = a.split_csv
     assert build_ensemble([a, b]).recorded_split() == {"x.png": "train", "y.png": "test"}
+
+
+def test_members_keep_their_own_calibration_maps(tmp_path):
+    """Members calibrated with Platt, beta and isotonic maps: the fused probability is the weighted
+    sum of each member's own calibrated probability, in PyTorch and in the exported graph."""
+    maps = [{"method": "platt", "params": {"a": 0.8, "b": -1.2}},
+            {"method": "beta", "params": {"a": 1.3, "b": 0.4, "c": -0.5}},
+            {"method": "isotonic", "params": {"x": [-2.0, -0.5, 0.0, 1.5], "y": [0.02, 0.1, 0.4, 0.9]}}]
+    arts = []
+    for i, spec in enumerate(maps, 1):
+        art = load_artifact(_member(tmp_path, i, mean=0.3 + 0.1 * i))
+        art.set_calibration(spec)
+        arts.append(load_artifact(save_artifact(art, tmp_path / f"cal{i}.fracdet", half=False)))
+    ens = load_artifact(save_artifact(build_ensemble(arts, [2, 1, 1]), tmp_path / "ens.fracdet", half=False))
+    assert [m["calibration"]["method"] for m in ens.model_config["members"]] == ["platt", "beta", "isotonic"]
+    for seed in (0, 1):
+        img = xray_array(bool(seed), seed=seed) / np.float32(255)
+        parts = [Predictor(a, backend="onnx").predict(img).probability for a in arts]
+        want = 0.5 * parts[0] + 0.25 * parts[1] + 0.25 * parts[2]
+        assert Predictor(ens, backend="onnx").predict(img).probability == pytest.approx(want, abs=1e-5)
+        assert Predictor(ens, backend="torch").predict(img).probability == pytest.approx(want, abs=1e-5)
+    bad = dict(ens.model_config)
+    bad["members"] = [dict(bad["members"][0], calibration={"method": "platt", "params": {"a": -1, "b": 0}})]
+    with pytest.raises(FracdetError, match="invalid ensemble member calibration"):
+        EnsembleNet.from_config({**bad, "weights": [1.0]})

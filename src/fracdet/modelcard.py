@@ -78,19 +78,29 @@ def _operating_lines(art: ModelArtifact) -> list[str]:
     return lines
 
 
+def _member_calibration(m: dict[str, Any]) -> str:
+    spec = m.get("calibration")
+    if isinstance(spec, dict) and spec.get("method") in ("platt", "beta", "isotonic", "temperature"):
+        try:
+            return describe_calibration(spec)
+        except (KeyError, TypeError, ValueError):
+            pass
+    return f"T = {float(m.get('temperature', 1.0)):.3f}"
+
+
 def _ensemble_lines(art: ModelArtifact) -> list[str]:
     if getattr(art, "kind", "single") != "ensemble":
         return []
     cfg = art.model_config
     ens = art.metrics.get("ensemble", {})
     lines = ["## Ensemble", "",
-             "P = Σ wᵢ σ(zᵢ / Tᵢ) of the members' calibrated probabilities, then the ensemble's own "
-             f"temperature and thresholds. Weights: {ens.get('weights_from', 'given')}.", "",
-             "| member | architecture | input | weight | member T | val ROC-AUC |", "|---|---|---|---|---|---|"]
+             "P = Σ wᵢ cᵢ(zᵢ) of the members' calibrated probabilities (cᵢ: member i's own calibration), then the "
+             f"ensemble's own calibration and thresholds. Weights: {ens.get('weights_from', 'given')}.", "",
+             "| member | architecture | input | weight | member calibration | val ROC-AUC |", "|---|---|---|---|---|---|"]
     aucs = ens.get("val_auroc_members") or [None] * len(cfg.get("members", []))
     for m, w, auc in zip(cfg.get("members", []), cfg.get("weights", []), aucs):
         lines.append(f"| {m.get('source')} | {m.get('architecture')} | {m['preprocess']['input_size']} | {w:.3f} | "
-                     f"{m.get('temperature', 1.0):.3f} | {_fmt(auc) if auc is not None else ''} |")
+                     f"{_member_calibration(m)} | {_fmt(auc) if auc is not None else ''} |")
     if "val_auroc_ensemble" in ens:
         lines += ["", f"Ensemble validation ROC-AUC {ens['val_auroc_ensemble']:.3f} on {ens.get('fitted_on')} "
                       f"({ens.get('n')} images)."]

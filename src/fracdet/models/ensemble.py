@@ -4,7 +4,7 @@ An ensemble artifact is an ordinary artifact (``kind="ensemble"``, ``architectur
 whose ``build_model()`` returns :class:`EnsembleNet`, a module computing one fused logit, so
 the predictor, ``evaluate``, ``calibrate`` and Grad-CAM use it like any single model::
 
-    P = Σ wᵢ · σ(zᵢ / Tᵢ)        zᵢ: member i's logit, Tᵢ its own temperature, Σ wᵢ = 1
+    P = Σ wᵢ · cᵢ(zᵢ)            zᵢ: member i's logit, cᵢ its own calibration map, Σ wᵢ = 1
     z = logit(P)                  the ensemble's output; its own temperature and thresholds
                                   (fitted on validation data) apply on top, as for any model
 
@@ -17,8 +17,9 @@ aliasing of a mild downscale such as 260 → 224) and applies its own mean/std b
 network. All members must share the resize mode (letterbox or stretch).
 
 The artifact stores the members' weights under ``members.<i>.net.`` and, in
-``model_config``, each member's architecture, head config, preprocessing and temperature
-plus the fusion weights — nothing else is needed to rebuild it.
+``model_config``, each member's architecture, head config, preprocessing and calibration map
+(temperature, Platt, beta or isotonic, :mod:`fracdet.calibration`; older ensembles: its
+temperature) plus the fusion weights — nothing else is needed to rebuild it.
 
 Grad-CAM (:mod:`fracdet.explain`): ``members`` and ``weights`` give the weighted mean of the
 members' maps; each member takes the ensemble's input and names its CAM layer (``cam_layer``).
@@ -47,11 +48,20 @@ class Member(nn.Module):
     """One member: resize the ensemble input to its size, normalise, run its network (→ logit)."""
 
     def __init__(self, net: nn.Module, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 temperature: float) -> None:
+                 temperature: float, calibration: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.net = net
         self.input_size = int(input_size)
         self.temperature = float(temperature)
+        self.calibration = _checked(calibration) if calibration else {"method": "temperature",
+                                                                      "params": {"temperature": self.temperature}}
+        if self.calibration["method"] == "isotonic":
+            x = torch.tensor(self.calibration["params"]["x"], dtype=torch.float32)
+            y = torch.tensor(self.calibration["params"]["y"], dtype=torch.float32)
+            self.register_buffer("iso_lo", x[:-1], persistent=False)
+            self.register_buffer("iso_hi", x[1:], persistent=False)
+            self.register_buffer("iso_slope", (y[1:] - y[:-1]) / (x[1:] - x[:-1]), persistent=False)
+            self.iso_y0 = float(y[0])
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         spec = getattr(net, "spec", None)
@@ -62,6 +72,29 @@ class Member(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=False,
                               align_corners=False)
         return self.net((x - self.mean) / self.std)
+
+    def probability(self, z: torch.Tensor) -> torch.Tensor:
+        """The member's calibrated probability of its logit (as :func:`fracdet.calibration.apply_calibration`)."""
+        method, p = self.calibration["method"], self.calibration["params"]
+        z = z.float()
+        if method == "temperature":
+            return torch.sigmoid(z / p["temperature"])
+        if method == "platt":
+            return torch.sigmoid(p["a"] * z + p["b"])
+        if method == "beta":
+            return torch.sigmoid(-p["a"] * F.softplus(-z) + p["b"] * F.softplus(z) + p["c"])
+        # isotonic: piecewise linear through the breakpoints, flat beyond them (np.interp)
+        zc = torch.minimum(torch.maximum(z.unsqueeze(-1), self.iso_lo), self.iso_hi)
+        return self.iso_y0 + ((zc - self.iso_lo) * self.iso_slope).sum(dim=-1)
+
+
+def _checked(spec: dict[str, Any]) -> dict[str, Any]:
+    from fracdet.calibration import check_calibration
+
+    try:
+        return check_calibration(spec)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FracdetError(f"invalid ensemble member calibration: {exc}") from None
 
 
 class EnsembleNet(nn.Module):
@@ -88,12 +121,13 @@ class EnsembleNet(nn.Module):
                 raise FracdetError("an ensemble member cannot itself be an ensemble")
             net = create_model(m["architecture"], pretrained=False, **dict(m.get("model_config", {})))
             pre = m["preprocess"]
-            members.append(Member(net, pre["input_size"], pre["mean"], pre["std"], m.get("temperature", 1.0)))
+            members.append(Member(net, pre["input_size"], pre["mean"], pre["std"], m.get("temperature", 1.0),
+                                  m.get("calibration")))
         return cls(members, config["weights"])
 
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """N×M calibrated probabilities of the members."""
-        return torch.stack([torch.sigmoid(m(x).float() / m.temperature) for m in self.members], dim=1)
+        return torch.stack([m.probability(m(x)) for m in self.members], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = torch.tensor(self.weights, dtype=torch.float32, device=x.device)
@@ -131,6 +165,7 @@ def build_ensemble(members: Sequence[Any], weights: Sequence[float] | None = Non
     config = {
         "members": [{"architecture": m.architecture, "model_config": dict(m.model_config),
                      "preprocess": m.preprocess.to_dict(), "temperature": float(m.temperature),
+                     "calibration": m.calibration_in_use(),
                      "threshold": float(m.threshold), "source": (sources[i] if sources else f"member {i + 1}"),
                      "version": m.version, "created": m.created, "metrics": _short_metrics(m.metrics)}
                     for i, m in enumerate(members)],
