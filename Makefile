@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install bench default-model clean
+.PHONY: demo test test-fast lint install bench default-model maphead-candidate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-fast: $(STAMP)
 default-model: $(STAMP)
 	$(BIN)/fracdet train ../shared/data/fracatlas --out runs/default-fracatlas --epochs1 3 --epochs2 10 --patience 3
 	$(BIN)/python scripts/ship_model.py runs/default-fracatlas
+
+# issue 13: a map head (stride 16) and a new image head on the shipped model's backbone at 384 px,
+# trained on cached backbone maps of its recorded train split; chosen and calibrated on validation
+maphead-candidate: $(STAMP)
+	$(BIN)/python scripts/maphead_cache.py --size 384
+	$(BIN)/python scripts/maphead_fit.py --stride 16 --epochs 8 --fuse 0,0.25,0.5,0.75,1 --name finalist-cover-s16-w1 --save
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

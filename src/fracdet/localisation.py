@@ -261,6 +261,8 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         # the predictor's own results step (named graph outputs where it has them, else logits)
         outputs = predictor._outputs(x) if hasattr(predictor, "_outputs") else predictor.logits(x)
         preds = predictor._results(outputs, xrays)
+        if hasattr(predictor, "_add_maps"):  # the model's own boxes and learned map (fracture_map output)
+            predictor._add_maps(preds, outputs, xrays, True)
         maps: dict[str, list[np.ndarray]] = {}
         for m in methods:
             t0 = time.perf_counter()
