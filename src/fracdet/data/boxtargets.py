@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fracdet.data.loader import ImageDataset
+from fracdet.data.loader import EpochShuffle, ImageDataset
 from fracdet.errors import ImageReadError
 from fracdet.transforms import ModelTransform, letterbox_window
 
@@ -86,7 +86,10 @@ class BoxDataset(ImageDataset):
             self._hw[i] = _image_hw(s.path)
         return input_mask(found, self._hw[i], spec.input_size, spec.resize), 1.0
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        """Item ``key``: an index, or ``(seed, index)`` (from :class:`~fracdet.data.loader.EpochShuffle`)
+        to draw the augmentation from ``seed``, as :class:`~fracdet.data.loader.ImageDataset` does."""
+        seed, i = key if isinstance(key, tuple) else (None, key)
         if i in self.bad:
             return None
         try:
@@ -99,7 +102,10 @@ class BoxDataset(ImageDataset):
             log.warning("skipping unreadable training image: %s", exc)
             return None
         pair = getattr(self.transform, "finish_pair", None)
-        img, mask = pair(x, mask) if pair is not None else (self.transform.finish(x), mask)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            img, mask = pair(x, mask) if pair is not None else (self.transform.finish(x), mask)
         return (torch.from_numpy(img), int(self.samples[i].label), i,
                 torch.as_tensor(np.asarray(mask), dtype=torch.uint8), float(weight))
 
@@ -118,10 +124,12 @@ def collate_boxes(batch: list[Any]) -> tuple[torch.Tensor, ...]:
 def make_box_loader(samples: Sequence[Any], transform: ModelTransform, boxes: dict[str, list[Box]],
                     batch_size: int = 32, num_workers: int = 0, cache: bool = False,
                     seed: int = 0) -> torch.utils.data.DataLoader:
-    """A shuffled training loader of :class:`BoxDataset` items (order drawn from ``seed``)."""
+    """A shuffled training loader of :class:`BoxDataset` items: order and augmentation per epoch
+    from ``seed`` (:class:`~fracdet.data.loader.EpochShuffle`, as the image loader, so --resume holds)."""
     dataset = BoxDataset(samples, transform, boxes, cache=cache and num_workers == 0)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                       collate_fn=collate_boxes, generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(dataset, seed),
+                                       num_workers=num_workers, collate_fn=collate_boxes,
+                                       generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
 
 
 __all__ = ["BoxDataset", "FRACATLAS_BOXES", "collate_boxes", "find_boxes", "input_mask", "make_box_loader"]
