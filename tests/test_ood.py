@@ -373,3 +373,26 @@ def test_dicom_colour_is_measured_before_luminance():
         assert x.meta["colour_fraction"] > 0.1 and "colour image" in image_problem(x.pixels, x.meta), name
     mono = read_frames(Path(get_testdata_file("RG3_UNCR.dcm")))[0]
     assert "colour_fraction" not in mono.meta
+
+
+def test_an_ensemble_gets_the_image_checks_only(tiny, tmp_path, caplog):
+    """EnsembleNet has no graph_outputs, so its graph gives no features: the image checks still
+    refuse a blank image, fit-ood refuses it in one line, and the log says which checks apply."""
+    import logging
+
+    from fracdet.artifact import load_artifact, save_artifact
+    from fracdet.errors import FracdetError
+    from fracdet.inference import Predictor
+    from fracdet.models.ensemble import build_ensemble
+    from fracdet.ood_fit import ensure_feature_graph
+
+    art = load_artifact(tiny)
+    ens = load_artifact(save_artifact(build_ensemble([art, art]), tmp_path / "ens.fracdet"))
+    with caplog.at_level(logging.INFO, logger="fracdet.inference.predictor"):
+        predictor = Predictor(ens, threads=1)
+    assert predictor.assessor is not None and predictor.assessor.reference is None
+    assert "image checks only" in caplog.text
+    assert predictor.predict(np.full((200, 200), 0.5, np.float32)).verdict == "not assessable"
+    assert predictor.predict(_xray(5)).assessable
+    with pytest.raises(FracdetError, match="ensemble"):
+        ensure_feature_graph(ens)
