@@ -26,7 +26,7 @@ REPRODUCE = (
     "fracdet train ../shared/data/fracatlas --out runs/default-fracatlas "
     "--epochs1 3 --epochs2 10 --patience 3\npython scripts/ship_model.py runs/default-fracatlas"
 )
-REFIT_OOD = (  # after any re-save of the shipped model that did not come from training (e.g. fracdet calibrate)
+REFIT_OOD = (  # for a shipped model file without the reference (calibrate and quantize keep it; training fits it)
     "fracdet fit-ood ../shared/data/fracatlas --model src/fracdet/weights/default.fracdet "
     "--out src/fracdet/weights/default.fracdet"
 )
@@ -62,8 +62,8 @@ def main() -> None:
         "\n## Reproduce\n\nOn a 2-core CPU (no GPU), from the repository root with FracAtlas in "
         "`../shared/data/fracatlas`:\n\n```bash\n" + REPRODUCE + "\n```\n\n"
         "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder).\n"
-        "Training fits the out-of-distribution reference; after another re-save of the default model (e.g. "
-        "`fracdet calibrate`) refit it with `" + REFIT_OOD + "`.\n"
+        "Training fits the out-of-distribution reference (`fracdet calibrate` and `quantize` keep it); a model "
+        "file without it gets it with `" + REFIT_OOD + "`.\n"
     )
     if a.wall_seconds:
         card += f"Training wall time when it was made: {a.wall_seconds / 60:.1f} minutes.\n"
