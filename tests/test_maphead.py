@@ -159,6 +159,12 @@ def test_a_map_model_gives_boxes_in_original_pixels_through_the_writer(tmp_path)
     x0, y0, x1, y1, score = pred.boxes[0]
     assert (x0, y0) == pytest.approx((0, 0), abs=1e-3) and (x1, y1) == pytest.approx((250, 100), abs=1e-3)
     assert 0.5 < score <= 1.0
+    from fracdet.cli.explain import OverlayWriter
+
+    overlays = OverlayWriter(tmp_path / "overlays", predictor.heatmap_method("auto"))
+    rec = overlays.add(pred)  # drops the map from the prediction afterwards
+    assert rec is not None and Path(rec["overlay"]).is_file() and rec["boxes"][0][:4] == list(pred.boxes[0][:4])
+    assert Path(rec["overlay"]).name == "wide.learned.png" and pred.heatmap is None
     for out in ("rows.csv", "rows.json"):
         with PredictionWriter(tmp_path / out) as w:
             w.add(pred)

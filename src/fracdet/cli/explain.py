@@ -77,8 +77,11 @@ class OverlayWriter:
         hm = pred.heatmap
         box = top_box(hm, self.box_threshold) if self.box else None
         np.save(self.out_dir / f"{name}.npy", hm.astype(np.float32))
-        png = save_overlay(self.out_dir / f"{name}.png", self._pixels(pred), hm,
-                           text=verdict_text(pred), method=self.method, box=box, fracture_boxes=pred.boxes or ())
+        text, shown = verdict_text(pred), hm
+        if self.method == "learned" and float(hm.max()) > 0:  # probabilities: shown scaled to their peak
+            text, shown = f"{text}; map peak {float(hm.max()):.2f}", hm / float(hm.max())
+        png = save_overlay(self.out_dir / f"{name}.png", self._pixels(pred), shown,
+                           text=text, method=self.method, box=box, fracture_boxes=pred.boxes or ())
         rec = {"path": str(pred.path), "method": self.method, "probability": pred.probability,
                "label": pred.label, "overlay": str(png), "heatmap": str(self.out_dir / f"{name}.npy")}
         if self.box:
