@@ -23,15 +23,10 @@ def add_cv(sub: Any) -> None:
 
 
 def _cmd_cv(a: argparse.Namespace) -> int:
-    from fracdet.cli.train import config_from_args
+    from fracdet.cli.train import workflow_config
     from fracdet.crossval import cross_validate
-    from fracdet.errors import FracdetError
 
-    if getattr(a, "refinish", None) or getattr(a, "resume", None):
-        raise FracdetError("fracdet cv: --refinish and --resume belong to fracdet train")
-    if not a.data:
-        raise FracdetError("fracdet cv: give the DATA to cross-validate on")
-    cfg = config_from_args(a)
+    cfg = workflow_config(a, "cv", "cross-validate")
     r = cross_validate(cfg, a.folds, a.out or None)
     print(r.table)
     print(f"\nwritten: {r.out_dir}/metrics.json, metrics.csv, metrics.txt; each fold's run in {r.out_dir}/fold-K/run")

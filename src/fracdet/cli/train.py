@@ -114,6 +114,18 @@ def train_parser() -> argparse.ArgumentParser:
     return sub.choices["train"]
 
 
+def workflow_config(a: argparse.Namespace, command: str, verb: str, resume_note: str = "") -> Any:
+    """The training configuration of a workflow built on ``fracdet train``'s options
+    (``fracdet cv``, ``fracdet tune``): DATA is required, ``--refinish``/``--resume`` refused."""
+    from fracdet.errors import FracdetError
+
+    if getattr(a, "refinish", None) or getattr(a, "resume", None):
+        raise FracdetError(f"fracdet {command}: --refinish and --resume belong to fracdet train{resume_note}")
+    if not a.data:
+        raise FracdetError(f"fracdet {command}: give the DATA to {verb} on")
+    return config_from_args(a)
+
+
 def config_from_args(a: argparse.Namespace) -> Any:
     """The :class:`~fracdet.config.TrainConfig` of parsed ``fracdet train`` options (also used by
     ``fracdet cv`` and ``fracdet tune``): the ``--config`` file's options, or the defaults, then

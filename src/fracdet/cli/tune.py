@@ -45,19 +45,15 @@ def add_tune(sub: Any) -> None:
 def _cmd_tune(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fracdet.cli.train import config_from_args
+    from fracdet.cli.train import workflow_config
     from fracdet.errors import FracdetError
     from fracdet.tuning import tune
 
-    if getattr(a, "refinish", None) or getattr(a, "resume", None):
-        raise FracdetError("fracdet tune: --refinish and --resume belong to fracdet train (a study resumes itself)")
-    if not a.data:
-        raise FracdetError("fracdet tune: give the DATA to tune on")
+    cfg = workflow_config(a, "tune", "tune", " (a study resumes itself)")
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise FracdetError("fracdet tune needs optuna: pip install 'fracdet[train]'") from None
-    cfg = config_from_args(a)
     out = Path(a.out or f"runs/tune-{cfg.model}")
     r = tune(cfg, a.trials, out, storage=a.storage, input_sizes=a.input_sizes or (), best_path=a.best,
              keep_runs=a.keep_runs, study_name=a.study_name)
