@@ -52,6 +52,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=str(ROOT / "runs/maphead/cache-384.npz"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/fracatlas"))
+    ap.add_argument("--base", default=None,
+                    help="model whose backbone, split and preprocessing to start from (default: the shipped model; "
+                         "`make maphead-candidate` gives the 224 px model the candidate was made from)")
     ap.add_argument("--stride", type=int, default=16, choices=(16, 32))
     ap.add_argument("--map-weight", type=float, default=1.0)
     ap.add_argument("--gamma", type=float, default=0.0, help="focal loss gamma of the map loss (0: BCE)")
@@ -83,7 +86,7 @@ def main() -> int:
         cache = {k: z[k] for k in z.files}
     size = int(cache["size"])
     boxes = load_coco_boxes(Path(a.data) / "annotations/fracture_boxes_coco.json")
-    base = load_artifact(None)
+    base = load_artifact(a.base)
     model = create_model(base.architecture, pretrained=False, map_stride=a.stride, map_width=a.width,
                          **base.model_config)
     missing, _ = model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in base.state_dict.items()},
