@@ -207,6 +207,49 @@ def _ood_lines(art: ModelArtifact) -> list[str]:
         "- rates per kind of wrong image: `python benchmarks/ood_rates.py` (README)", ""]
 
 
+def _pointing(loc: dict[str, Any], name: str) -> str:
+    m = (loc.get("baselines") or {}).get(name) if name in ("centre", "bone") else loc.get(name)
+    if not isinstance(m, dict) or "pointing_game" not in m:
+        return "–"
+    return f"{m['pointing_game']:.3f} ({round(m['pointing_game'] * m.get('n', 0))} of {m.get('n')})"
+
+
+def _detection(loc: dict[str, Any], name: str) -> str:
+    d = (loc.get("detection") or {}).get(name) or (loc.get("detection_baselines") or {}).get(name)
+    if not isinstance(d, dict) or "map50" not in d:
+        return "– | –"
+    return f"{d['map50']:.3f} | {d.get('sensitivity_at_1fp', float('nan')):.3f}"
+
+
+def _localisation_lines(art: ModelArtifact) -> list[str]:
+    """A model with a map head: what it is, and where its map points against radiologists' boxes."""
+    cfg = art.model_config
+    if not cfg.get("map_stride"):
+        return []
+    alpha = float(cfg.get("map_fuse", 0.0))
+    lines = ["## Fracture map and boxes",
+             f"- a map head at stride {cfg['map_stride']} (width {cfg.get('map_width')}) gives a fracture probability "
+             "per cell (the graph's `fracture_map` output), mapped back onto the original image as the heatmap and as "
+             "scored boxes (regions of cells at or above the box threshold "
+             f"{_fmt(float(art.localisation.get('box_threshold', float('nan'))))}, chosen on "
+             f"{art.localisation.get('chosen_on', 'validation')})",
+             f"- the image logit blends in the map's maximum: (1 − α)·image head + α·max(map), α = {alpha:.2f}"
+             " (chosen on validation)"]
+    splits = [(s, (art.metrics.get(s) or {}).get("localisation")) for s in ("val", "test")]
+    splits = [(s, loc) for s, loc in splits if isinstance(loc, dict)]
+    if not splits:
+        return lines + [""]
+    lines += ["", "Against the radiologists' boxes (FracAtlas COCO boxes): pointing game = the map's maximum inside a "
+                  "box (2.5% tolerance), on the fractured films with boxes; boxes as detections over all films of "
+                  "the split (mAP50: COCO AP at IoU ≥ 0.5; sensitivity at one false-positive box per film).", "",
+              "| split | pointing: model's map | Grad-CAM | image centre | model boxes mAP50 | sens. at 1 FP/film |",
+              "|---|---|---|---|---|---|"]
+    for s, loc in splits:
+        lines.append(f"| {s} | {_pointing(loc, 'model')} | {_pointing(loc, 'gradcam')} | {_pointing(loc, 'centre')} | "
+                     f"{_detection(loc, 'model')} |")
+    return lines + [""]
+
+
 def render_model_card(art: ModelArtifact) -> str:
     """A Markdown model card: use, data, split, metrics, operating point, limits."""
     t, d, m = art.training, art.data, art.metrics
@@ -223,7 +266,8 @@ def render_model_card(art: ModelArtifact) -> str:
         "not for children's or non-radiograph images unless validated on such data.",
         "",
         "## Model",
-        (f"- architecture: `{art.architecture}` {art.model_config}; ImageNet-pretrained: {t.get('pretrained')}"
+        (f"- architecture: `{art.architecture}` {art.model_config}; ImageNet-pretrained: "
+         + (str(t.get("pretrained")) if "recipe" not in t else "through the base model (below)")
          if getattr(art, "kind", "single") != "ensemble" else
          f"- architecture: ensemble of {len(art.model_config.get('members', []))} models (see Ensemble); each "
          "member resizes the common input to its own size and normalisation"),
@@ -235,17 +279,27 @@ def render_model_card(art: ModelArtifact) -> str:
          f"at backbone lr {t.get('backbone_lr')} / head lr {t.get('phase2_head_lr')}; {t.get('optimizer')}, "
          f"{t.get('scheduler')} schedule, early stopping on {t.get('monitor')}, class weighting {t.get('class_weighting')}, "
          f"seed {t.get('seed')}; {t.get('epochs_run')} epochs run"
-         if getattr(art, "kind", "single") != "ensemble" else
+         if getattr(art, "kind", "single") != "ensemble" and "recipe" not in t else
+         f"- training: {t.get('recipe')} (base model sha256 {str(t.get('base_model_sha256', ''))[:12]}…: the "
+         "ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 224 px by `fracdet train`); its backbone frozen, the "
+         f"map head and a new image head trained {t.get('epochs')} epochs at lr {t.get('lr')}, batch "
+         f"{t.get('batch_size')}, map loss weight {t.get('map_weight')}, seed {t.get('seed')}, on the training "
+         "split only"
+         if "recipe" in t else
          "- training: the members were trained separately (their own model cards); the ensemble fits only its "
          "weights, temperature and thresholds"),
         "",
         "## Data and split",
         f"- source: `{d.get('root')}` (layout {d.get('layout')}); {d.get('count')} images, "
         f"{d.get('positives')} fractured / {d.get('negatives')} not fractured",
-        f"- split: group-aware stratified {t.get('fractions')} (duplicate groups and identical files never "
-        f"straddle two splits), seed {t.get('seed')}; per split: {d.get('splits', d.get('per_split', ''))}",
+        (f"- split: group-aware stratified {t.get('fractions')} (duplicate groups and identical files never "
+         f"straddle two splits), seed {t.get('seed')}; per split: {d.get('splits', d.get('per_split', ''))}"
+         if "recipe" not in t else
+         "- split: the base model's, recorded in the model file (group-aware and stratified: duplicate groups and "
+         f"identical files never straddle two splits); per split: {d.get('splits', d.get('per_split', ''))}"),
         *_audit_lines(d.get("audit")),
-        *([f"- recalibrated (`fracdet calibrate`) on {d['calibrated_on'].get('which')} of "
+        *([f"- {'recalibrated (`fracdet calibrate`)' if 'recipe' not in t else 'calibrated (as `fracdet calibrate` does)'}"
+           f" on {d['calibrated_on'].get('which')} of "
            f"`{d['calibrated_on'].get('data')}` ({d['calibrated_on'].get('n')} images, "
            f"{d['calibrated_on'].get('positives')} fractured): calibration and thresholds below come from there"]
           if isinstance(d.get("calibrated_on"), dict) else []),
@@ -272,6 +326,7 @@ def render_model_card(art: ModelArtifact) -> str:
         *_operating_lines(art),
         "",
         *_ensemble_lines(art),
+        *_localisation_lines(art),
         *_int8_lines(getattr(art, "int8", None) or {}),
         *_ood_lines(art),
         "## Known limitations and failure modes",
