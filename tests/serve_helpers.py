@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 
-def write_dicom(path: Path, *, modality: str = "CR", study: str | None = None, size: int = 96,
+def write_dicom(path: Path, *, modality: str = "CR", study: str | None = None, size: int = 192,
                 seed: int = 0) -> Path:
     """A minimal single-frame 12-bit CR file of the given modality: one of the sample films (by
     ``seed``), its shorter side ``size`` px, with faint seeded noise (a real radiograph, which the
-    shipped model's out-of-distribution check accepts; synthetic shapes it refuses)."""
+    shipped model's out-of-distribution check accepts; synthetic shapes it refuses — and so may a film
+    shrunk far below the model's 384 px input: at 96 px it refused two of the eight)."""
     from PIL import Image
 
     from synth import CR_STORAGE, dicom_bytes

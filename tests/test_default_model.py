@@ -10,6 +10,7 @@ from synth import fracatlas_root
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
+BASE_MODEL_SHA256 = "f83cd0658871add5bf42910b1ea70205d6741d599617b32ed6e23d24e3ee969f"
 
 
 def test_default_model_ships_and_describes_itself():
@@ -20,9 +21,27 @@ def test_default_model_ships_and_describes_itself():
     assert art.architecture == "efficientnet_lite0"
     assert art.labels == ["not fractured", "fractured"]
     assert 0 < art.threshold < 1 and art.temperature > 0
-    assert art.training["pretrained"] is True and art.data["layout"] == "fracatlas"
+    assert art.data["layout"] == "fracatlas"
+    # a map head on the backbone of the 224 px model shipped before it (ImageNet-pretrained, fine-tuned by
+    # `fracdet train`; git c4ee1f1), at 384 px: the file names that model
+    assert art.training["base_model_sha256"] == BASE_MODEL_SHA256
+    assert art.preprocess.input_size == 384 and art.model_config["map_stride"] == 16
+    assert 0 < art.localisation["box_threshold"] < 1
     for split in ("val", "test"):
         assert art.metrics[split]["roc_auc"] > 0.7
+        assert art.metrics[split]["localisation"]["model"]["n"] > 50  # pointing game measured on the split
+    assert "once" in art.metrics["test"]["evaluated"]
+
+
+def test_default_model_graphs_give_the_features_and_the_fracture_map():
+    from fracdet.inference.onnx import OnnxRunner
+
+    art = load_artifact()
+    assert art.ood_arrays  # the out-of-distribution reference
+    graphs = [art.float32_graph()] + ([art.int8_onnx] if art.int8_onnx else [])
+    for graph in graphs:
+        names = OnnxRunner(graph, threads=1).output_names
+        assert "features" in names and "fracture_map" in names, names
 
 
 def test_default_model_predicts_the_samples():
@@ -30,6 +49,7 @@ def test_default_model_predicts_the_samples():
     rows = list(model.predict_paths([SAMPLES]))
     assert len(rows) == 8 and all(r.ok for r in rows)
     assert all(0.0 <= r.probability <= 1.0 for r in rows)
+    assert all(isinstance(r.boxes, list) for r in rows)  # the map head's boxes (often none: see the model card)
     # folder names are FracAtlas' labels: fractured samples must score higher on average
     frac = [r.probability for r in rows if "/fractured/" in r.path]
     normal = [r.probability for r in rows if "/not_fractured/" in r.path]
@@ -63,7 +83,16 @@ def test_default_model_int8_drift_is_judged_on_this_cpu():
     from fracdet.transforms import build_transforms
 
     art = load_artifact()
-    assert art.int8_onnx is not None
+    if art.int8_onnx is None:
+        # measured and left out (model card: outside the tolerance on this project's avx512vnni CPU, and over
+        # the size budget): auto gives float32 everywhere, and int8 on request is a one-line error
+        from fracdet.errors import FracdetError
+        from fracdet.inference import choose_backend
+
+        assert not art.int8 and choose_backend("auto", art) == "onnx"
+        with pytest.raises(FracdetError, match="no int8 graph"):
+            choose_backend("int8", art)
+        return
     val, _ = select_samples(load_dataset(fracatlas_root()), "val", art.training, art.data, art.recorded_split())
     got = compare_int8(art.float32_graph(), art.int8_onnx, val, build_transforms(art.preprocess),
                        art.calibration_in_use(), art.threshold)
