@@ -171,8 +171,8 @@ def test_box_detection_over_fractured_and_normal_films(tmp_path):
     class BoxingPredictor(Predictor):
         """A model with a box output: each film's true box (score .9) and a false one (score .1)."""
 
-        def _results(self, outputs, items, *rest):
-            preds = super()._results(outputs, items, *rest)
+        def _results(self, outputs, items, *rest, **kw):
+            preds = super()._results(outputs, items, *rest, **kw)
             for p in preds:
                 x, y, w, h = truth.get(Path(p.path).name, [(0, 0, 0, 0)])[0]
                 p.boxes = ([(x, y, x + w, y + h, 0.9)] if w else []) + [(70, 0, 80, 10, 0.1)]

@@ -232,3 +232,25 @@ def test_train_with_boxes_records_the_map_head_and_its_threshold(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["map_weight"] == 1.0
     [pred] = list(Predictor(art).predict_paths([tmp_path / "data" / "fractured" / "fractured_0.png"]))
     assert pred.boxes is not None
+
+
+def test_localisation_scores_the_model_on_films_its_ood_check_would_refuse(tmp_path):
+    """evaluate --boxes scores the model's own map and boxes on every readable film, as evaluate
+    does: a film the out-of-distribution check refuses must not drop out of the model's figures."""
+    from fracdet.data.layouts import load_dataset
+    from fracdet.localisation import evaluate_localisation
+    from fracdet.ood import OodReference
+    from synth import make_class_folders
+
+    art = load_artifact(_map_model_file(tmp_path))
+    n = create_model("simple_cnn", pretrained=False).num_features
+    art.set_ood(OodReference(mean=np.zeros(n, np.float32), whiten=np.eye(n, dtype=np.float32), threshold=1e-6,
+                             invert_w=np.zeros(n, np.float32), invert_b=-20.0), {"method": "test: refuses every film"})
+    predictor = Predictor(load_artifact(save_artifact(art, tmp_path / "refusing.fracdet")))
+    samples = load_dataset(make_class_folders(tmp_path / "data", n_per_class=3)).samples
+    assert all(p.verdict == "not assessable" for p in predictor.predict_paths([s.path for s in samples]))
+    truth = {"img_1_000.png": [(10.0, 20.0, 30.0, 10.0)], "img_1_001.png": [(0.0, 0.0, 80.0, 96.0)]}
+    s = evaluate_localisation(predictor, [x for x in samples if x.label == 1], truth, [], None, progress=False,
+                              negatives=[x for x in samples if x.label == 0]).summary
+    assert s["model"]["n"] == 2  # both fractured films with boxes: the learned map scored
+    assert s["detection"]["model"]["n_films"] == 5  # and the boxes over all five films

@@ -260,7 +260,7 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         x = torch.from_numpy(np.stack(tensors))
         # the predictor's own results step (named graph outputs where it has them, else logits)
         outputs = predictor._outputs(x) if hasattr(predictor, "_outputs") else predictor.logits(x)
-        preds = predictor._results(outputs, xrays)
+        preds = predictor._results(outputs, xrays, assess=False)  # as evaluate: no film refused
         if hasattr(predictor, "_add_maps"):  # the model's own boxes and learned map (fracture_map output)
             predictor._add_maps(preds, outputs, xrays, True)
         maps: dict[str, list[np.ndarray]] = {}

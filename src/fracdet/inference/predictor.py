@@ -155,9 +155,11 @@ class Predictor:
                 pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
 
     def _results(self, outputs: dict[str, np.ndarray], items: Sequence[XRay],
-                 prepared: Sequence[np.ndarray] = ()) -> list[Prediction]:
+                 prepared: Sequence[np.ndarray] = (), assess: bool = True) -> list[Prediction]:
+        """Predictions from the graph's outputs; ``assess=False``: none refused (evaluation scores
+        the model on every readable film)."""
         logits = np.array(outputs["logit"], dtype=np.float32).reshape(-1)
-        judged = (self.assessor.judge(outputs.get("features"), len(items)) if self.assessor is not None
+        judged = (self.assessor.judge(outputs.get("features"), len(items)) if self.assessor is not None and assess
                   else [Judgement() for _ in items])
         reasons: list[str | None] = [j.reason for j in judged]
         warns: list[str | None] = [j.warning for j in judged]
