@@ -115,7 +115,9 @@ def note_on_test(date: str, test: dict[str, Any], val_note: str = "") -> str:
     refused = (f" In its localisation step the out-of-distribution check refused {n_boxed - n_map} of the {n_boxed} "
                "fractured films with boxes (not assessable: no map), so the model's pointing game is over "
                f"{n_map} films (counting those as misses lowers it); the model's box scores were then computed on "
-               "all test films with the check off (scripts/model_boxes.py)." if n_boxed and n_map and n_map < n_boxed else "")
+               "all test films with the check off (scripts/model_boxes.py). That step of `evaluate --boxes` has since "
+               "been fixed to score every readable film; the test split was not evaluated again for it."
+               if n_boxed and n_map and n_map < n_boxed else "")
     return (
         f"The test split was evaluated once for this model, on {date}, after every choice had been made on "
         "validation: the map head's targets, stride and loss weight, the blend α, the box threshold, the "
