@@ -270,3 +270,21 @@ def test_weights_path_wrong_naming(tmp_path: Path) -> None:
         create_model("mobilenetv2", weights_path=str(path))
     with pytest.raises(WeightsNotFoundError):
         create_model("mobilenetv2", weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_a_fracdet_model_file_gives_the_backbone_to_start_from(tmp_path):
+    """--weights MODEL.fracdet starts a training from that model's (fine-tuned) backbone, e.g.
+    the shipped model's at a new input size; another architecture or an ensemble is refused."""
+    import numpy as np
+
+    from fracdet.artifact import load_artifact
+    from synth import tiny_model_file
+
+    path = tiny_model_file(tmp_path)
+    art = load_artifact(path)
+    model = create_model("simple_cnn", weights_path=str(path), head_hidden=8)
+    for name, value in model.backbone.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), art.state_dict[f"backbone.{name}"])
+    assert model.weights_source == f"file:{path}"
+    with pytest.raises(FracdetError, match="a simple_cnn model, not efficientnet_lite0"):
+        create_model("efficientnet_lite0", weights_path=str(path))

@@ -17,7 +17,8 @@ def add_train(sub: Any) -> None:
     p.add_argument("--out", default="", help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--model", default=None, help="architecture (see `fracdet models`)")
     p.add_argument("--no-pretrained", action="store_true", help="train from scratch on purpose")
-    p.add_argument("--weights", help="local ImageNet weights (timm state dict) for the backbone")
+    p.add_argument("--weights", help="backbone weights to start from: a local timm state dict (e.g. ImageNet's), "
+                   "or a fracdet model file of the same architecture (its fine-tuned backbone)")
     p.add_argument("--resplit", action="store_true", help="merge the given splits and re-split group-aware 70/15/15")
     p.add_argument("--no-int8", action="store_true",
                    help="do not add the int8 onnxruntime graph (quantized on training images, checked on val)")

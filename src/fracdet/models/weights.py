@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 
 from fracdet.errors import FracdetError, WeightsNotFoundError
@@ -36,11 +37,15 @@ _HINT = (
 
 
 # -- reading state dicts ------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors/.pth/.pt/.bin file (unwraps ``state_dict``/``model``)."""
+def read_state_dict(path: str | Path, architecture: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors/.pth/.pt/.bin file (unwraps ``state_dict``/``model``) or from a
+    fracdet model file (``.fracdet``: its network's weights, read without pickle; of
+    ``architecture`` when given)."""
     p = Path(path)
     if not p.is_file():
         raise WeightsNotFoundError(f"weights file not found: {p}")
+    if p.suffix == ".fracdet":
+        return _fracdet_state_dict(p, architecture)
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -56,6 +61,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FracdetError(f"{p}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _fracdet_state_dict(p: Path, architecture: str | None) -> dict[str, torch.Tensor]:
+    """The weights of a single fracdet model file (validated as every model file is), e.g. to
+    start a new training from a fine-tuned backbone rather than ImageNet's."""
+    from fracdet.artifact import load_artifact
+
+    art = load_artifact(p)
+    if art.kind != "single":
+        raise FracdetError(f"{p}: an {art.kind} model; give a single model's file to start from")
+    if architecture is not None and art.architecture != architecture:
+        raise FracdetError(f"{p}: a {art.architecture} model, not {architecture}")
+    return {k: torch.from_numpy(np.array(v)) for k, v in art.state_dict.items()}
 
 
 def _backbone_state(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,7 +225,7 @@ def pretrained_available(name: str) -> bool:
 def load_pretrained(model: FracNet, spec: ModelSpec, weights_path: str | None) -> str:
     """Load backbone weights into ``model`` offline; return a description of the source."""
     if weights_path is not None:
-        load_backbone_state(model, read_state_dict(weights_path), origin=str(weights_path))
+        load_backbone_state(model, read_state_dict(weights_path, spec.name), origin=str(weights_path))
         return f"file:{weights_path}"
     if spec.weight_source == "none":
         logger.info("%s has no pretrained weights; using random init", spec.name)
