@@ -22,15 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from fracdet.cpu import cpu_model
 
 
 def _local(files: list[Path], model: str | None, threads: int | None) -> float:
@@ -98,7 +90,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     n = len(files)
-    print(f"\n{n} FracAtlas JPEGs; CPU: {_cpu()}, {os.cpu_count()} cores; Ray start-up {startup:.1f} s (not counted)\n")
+    print(f"\n{n} FracAtlas JPEGs; CPU: {cpu_model()}, {os.cpu_count()} cores; Ray start-up {startup:.1f} s (not counted)\n")
     print("| engine | wall s | images/s | ms/image |")
     print("|---|---:|---:|---:|")
     for name, sec in results:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from fracdet.cpu import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ood_images  # noqa: E402
@@ -50,16 +51,6 @@ def _predict(predictor, paths, batch_size: int) -> list:
     from fracdet.io.dicom import DicomOptions
 
     return list(predictor.predict_paths(paths, batch_size=batch_size, dicom=DicomOptions()))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _inverted_copies(paths: list[Path], folder: Path) -> dict[str, Path]:
@@ -165,7 +156,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"model: {a.model or 'shipped default'} (sha256 {art.sha256[:12]}); OOD: {art.ood.get('method')}, "
           f"threshold {art.ood.get('threshold', float('nan')):.1f} ({art.ood.get('threshold_rule')})")
-    print(f"CPU: {_cpu()}, {len(__import__('os').sched_getaffinity(0))} cores; {elapsed:.0f} s\n")
+    print(f"CPU: {cpu_model()}, {len(__import__('os').sched_getaffinity(0))} cores; {elapsed:.0f} s\n")
     print("| images | n | refused | rate | by check |\n|---|---|---|---|---|")
     for name, n, k, checks in rows:
         by = ", ".join(f"{c} {m}" for c, m in sorted(checks.items(), key=lambda kv: -kv[1]))

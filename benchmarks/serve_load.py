@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from fracdet.cpu import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -141,8 +143,7 @@ def main() -> None:
     files = sorted(p for p in a.samples.rglob("*.jpg"))
     if not files:
         raise SystemExit(f"no .jpg files under {a.samples}")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU")
+    cpu = cpu_model()
     print(f"{len(files)} sample images, {a.requests} requests from {a.clients} clients; {os.cpu_count()} CPUs ({cpu})")
     expected = _expected(files)
     cli = run_cli(files, a.requests)
