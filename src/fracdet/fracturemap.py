@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fracdet.calibration import apply_calibration
 from fracdet.transforms import letterbox_window
 
 MapBox = tuple[float, float, float, float, float]
@@ -25,11 +26,6 @@ DEFAULT_BOX_THRESHOLD = 0.5
 REGION_LEVEL = 0.5
 """A box spans the region's cells at ≥ this share of the region's peak (the map is coarse: the
 cells around a hot one pass a low threshold too and would make every box too large)."""
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Probabilities of logits, float32 (no overflow warnings)."""
-    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))).astype(np.float32)
 
 
 def _window_fraction(shape: tuple[int, int], input_size: int, image_hw: tuple[int, int],
@@ -52,7 +48,7 @@ def map_to_image(logits: np.ndarray, input_size: int, image_hw: tuple[int, int],
                  out_hw: tuple[int, int] | None = None, mode: str = "letterbox") -> np.ndarray:
     """The h×w map of logits as probabilities over the image (float32 H×W in [0, 1]):
     the letterbox window cut out and resized (bilinear) to ``out_hw`` (default ``image_hw``)."""
-    prob = sigmoid(logits)
+    prob = apply_calibration(logits, None)  # the map's cells are not calibrated: σ(z)
     top, left, bottom, right = _window_fraction(prob.shape, input_size, image_hw, mode)
     out_h, out_w = out_hw or image_hw
     img = Image.fromarray(np.ascontiguousarray(prob, dtype=np.float32), mode="F")
@@ -90,7 +86,7 @@ def map_boxes(logits: np.ndarray, input_size: int, image_hw: tuple[int, int],
     around the region's cells at ≥ ``level`` × its peak, scored by the peak; in pixels of the
     original image (``out_hw``, default ``image_hw``; the letterbox was computed on
     ``image_hw``), clipped to the image, best score first."""
-    prob = sigmoid(logits)
+    prob = apply_calibration(logits, None)  # the map's cells are not calibrated: σ(z)
     top, left, bottom, right = _window_fraction(prob.shape, input_size, image_hw, mode)
     out_h, out_w = out_hw or image_hw
     fy, fx = out_h / max(bottom - top, 1e-9), out_w / max(right - left, 1e-9)
@@ -119,5 +115,4 @@ def check_localisation(d: Any) -> dict[str, Any]:
     return {**d, "box_threshold": float(t)}
 
 
-__all__ = ["DEFAULT_BOX_THRESHOLD", "MapBox", "REGION_LEVEL", "check_localisation", "map_boxes", "map_to_image", "original_hw", "regions",
-           "sigmoid"]
+__all__ = ["DEFAULT_BOX_THRESHOLD", "MapBox", "REGION_LEVEL", "check_localisation", "map_boxes", "map_to_image", "original_hw", "regions"]
