@@ -201,8 +201,8 @@ class ResumedAtEpochEnd(Callback):
     the epoch's ReduceLROnPlateau step (Lightning steps plateau schedulers after the checkpoint
     hook, other epoch schedulers before it), and an early stop decided in that epoch."""
 
-    def __init__(self, monitor: str, rows: list[dict[str, Any]]) -> None:
-        self.monitor, self.rows, self.resumed = monitor, rows, False
+    def __init__(self, monitor: str, rows: list[dict[str, Any]], resumed: bool) -> None:
+        self.monitor, self.rows, self.resumed = monitor, rows, resumed
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.resumed or trainer.current_epoch == 0:
@@ -248,7 +248,8 @@ PHASES = ("head", "finetune")
 def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: list[dict[str, Any]],
              log_version: str = "") -> L.Trainer:
     """The phase's Lightning trainer; ``log_version`` names a resumed session's own log folder
-    (Lightning would delete the interrupted session's logs in the same one)."""
+    (Lightning would delete the interrupted session's logs in the same one) and is given only
+    when the phase resumes from its checkpoint."""
     mode = "max" if cfg.monitor == "val_auroc" else "min"
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename=f"{phase}-best", monitor=cfg.monitor, mode=mode,
@@ -264,7 +265,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows: lis
         EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
         EpochTable(run_dir / "metrics.csv", rows, phase),
         EpochSeeding(cfg.seed, PHASES.index(phase)),
-        ResumedAtEpochEnd(cfg.monitor, rows),
+        ResumedAtEpochEnd(cfg.monitor, rows, resumed=bool(log_version)),
     ]
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -447,10 +448,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult
             train_loader.sampler.start(number, first_epoch)
         version = f"resumed-{_dt.datetime.now():%Y%m%d-%H%M%S}" if ckpt_path is not None else ""
         trainer = _trainer(cfg, run_dir, phase, epochs, rows, log_version=version)
-        if ckpt_path is not None:
-            for cb in trainer.callbacks:  # type: ignore[attr-defined]
-                if isinstance(cb, ResumedAtEpochEnd):
-                    cb.resumed = True
         if is_zero:
             if ckpt_path is not None:
                 log.info("%s: resuming after epoch %d of %d from %s (training %s)", label, first_epoch, epochs,
