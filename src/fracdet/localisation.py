@@ -258,11 +258,8 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         if not xrays:
             continue
         x = torch.from_numpy(np.stack(tensors))
-        # the predictor's own results step (named graph outputs where it has them, else logits)
-        outputs = predictor._outputs(x) if hasattr(predictor, "_outputs") else predictor.logits(x)
-        preds = predictor._results(outputs, xrays, assess=False)  # as evaluate: no film refused
-        if hasattr(predictor, "_add_maps"):  # the model's own boxes and learned map (fracture_map output)
-            predictor._add_maps(preds, outputs, xrays, True)
+        # the predictor's own path, with the model's boxes and learned map; as evaluate: no film refused
+        preds = predictor.predict_batch(x, xrays, learned_maps=True, assess=False)
         maps: dict[str, list[np.ndarray]] = {}
         for m in methods:
             t0 = time.perf_counter()

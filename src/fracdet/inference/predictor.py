@@ -154,6 +154,17 @@ class Predictor:
             if heatmap:
                 pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
 
+    def predict_batch(self, batch: Any, items: Sequence[XRay], prepared: Sequence[np.ndarray] = (),
+                      learned_maps: bool = False, assess: bool = True) -> list[Prediction]:
+        """Predictions for a prepared batch (N×C×S×S) of ``items``: one run of the graph, the
+        out-of-distribution judgement (``assess``; ``prepared`` lets an inverted film be judged
+        again upright), the calibrated decision, and the model's boxes (its learned maps too with
+        ``learned_maps``)."""
+        outputs = self._outputs(batch)
+        preds = self._results(outputs, items, prepared, assess)
+        self._add_maps(preds, outputs, items, learned_maps)
+        return preds
+
     def _results(self, outputs: dict[str, np.ndarray], items: Sequence[XRay],
                  prepared: Sequence[np.ndarray] = (), assess: bool = True) -> list[Prediction]:
         """Predictions from the graph's outputs; ``assess=False``: none refused (evaluation scores
@@ -215,10 +226,8 @@ class Predictor:
             return refused
         prepared = self.transform.prepare(image.pixels)
         batch = self.transform.finish_batch([prepared])
-        outputs = self._outputs(batch)
-        pred = self._results(outputs, [image], [prepared])[0]
         method = self.heatmap_method(cam_method) if heatmap else ""
-        self._add_maps([pred], outputs, [image], method == LEARNED)
+        pred = self.predict_batch(batch, [image], [prepared], method == LEARNED)[0]
         if heatmap and pred.assessable and method != LEARNED:
             pred.heatmap = self._heatmaps(batch, [image], method)[0]
         return pred
@@ -255,9 +264,8 @@ class Predictor:
         def flush() -> list[Prediction]:
             ready = [q for q in queue if not isinstance(q, Prediction)]
             batch = self.transform.finish_batch([t for _, t in ready], out=buffer) if ready else None
-            outputs = self._outputs(batch) if ready else {}
-            results = self._results(outputs, [x for x, _ in ready], [t for _, t in ready]) if ready else []
-            self._add_maps(results, outputs, [x for x, _ in ready], method == LEARNED)
+            results = (self.predict_batch(batch, [x for x, _ in ready], [t for _, t in ready], method == LEARNED)
+                       if ready else [])
             done = iter(results)
             out = [q if isinstance(q, Prediction) else next(done) for q in queue]
             if cams and ready:  # each prediction carries its CAM
