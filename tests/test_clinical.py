@@ -162,22 +162,22 @@ class _LeftMinusRight(torch.nn.Module):
         return 5 * (x[..., :w].mean(dim=(1, 2, 3)) - x[..., w:].mean(dim=(1, 2, 3)))
 
 
-def test_tta_averages_probabilities_of_the_views():
+def test_tta_averages_the_logits_of_the_views():
     spec = PreprocessSpec(input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     x = torch.zeros(2, 3, 32, 32)
     x[0, :, :, :10] = 2.0  # bright left: positive logit
     x[1, :, 5:20, 20:] = 1.0
     base = _LeftMinusRight()
-    flip_only = TTAModel(base, temperature=2.0, preprocess=spec, angles=())
-    # mirror negates the logit: mean of σ(a) and σ(−a) is exactly 1/2 → logit 0
+    flip_only = TTAModel(base, preprocess=spec, angles=())
+    # the mirror negates the logit: the mean of a and −a is 0
     assert torch.allclose(flip_only(x), torch.zeros(2), atol=1e-5)
-    tta = TTAModel(base, temperature=2.0, preprocess=spec, angles=(-10, 10))
+    tta = TTAModel(base, preprocess=spec, angles=(-10, 10))
     views = [x, torch.flip(x, dims=[-1])] + [
         torch.stack([__import__("torchvision").transforms.functional.rotate(
             im, a, interpolation=__import__("torchvision").transforms.InterpolationMode.BILINEAR, fill=[-2.0] * 3)
             for im in x]) for a in (-10, 10)]
-    expected = torch.stack([torch.sigmoid(base(v) / 2.0) for v in views]).mean(0)
-    assert torch.allclose(torch.sigmoid(tta(x) / 2.0), expected, atol=1e-5)
+    expected = torch.stack([base(v) for v in views]).mean(0)
+    assert torch.allclose(tta(x), expected, atol=1e-5)
     assert not torch.allclose(tta(x), base(x))
 
 
@@ -228,4 +228,4 @@ def test_evaluate_with_tta(tmp_path):
     p0 = [float(r["probability"]) for r in csv.DictReader(open(tmp_path / "plain" / "predictions.csv"))]
     p1 = [float(r["probability"]) for r in csv.DictReader(open(tmp_path / "tta" / "predictions.csv"))]
     assert not np.allclose(p0, p1) and all(0 < p < 1 for p in p1)
-    assert "ece_before" not in tta.metrics["calibration"]  # no raw logits under TTA
+    assert "ece_before" in tta.metrics["calibration"]  # TTA's logit is the views' raw mean logit

@@ -174,6 +174,22 @@ def test_a_map_model_gives_boxes_in_original_pixels_through_the_writer(tmp_path)
     assert json.loads((tmp_path / "rows.json").read_text())[0]["boxes"][0][:4] == [0.0, 0.0, 250.0, 100.0]
 
 
+def test_tta_keeps_the_films_own_map_and_boxes_and_averages_the_logit(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.fromarray(xray_array(True, 3, (100, 250))).save(path)
+    art = load_artifact(_map_model_file(tmp_path))
+    plain = Predictor(art, backend="torch")
+    tta = Predictor(art, tta=True)
+    [p0], [p1] = list(plain.predict_paths([path], heatmaps=True)), list(tta.predict_paths([path], heatmaps=True))
+    assert p1.ok and p1.boxes and np.allclose(p1.boxes, p0.boxes) and np.allclose(p1.heatmap, p0.heatmap)
+    from fracdet.io.images import read_image
+
+    batch = np.stack([plain.transform(read_image(path).pixels)])
+    views = tta.torch_side.tta_model.views(torch.as_tensor(batch))
+    expected = float(np.mean([plain.logits(v.numpy()) for v in views]))
+    assert p1.logit == pytest.approx(expected, abs=1e-4) and p1.logit != pytest.approx(p0.logit, abs=1e-4)
+
+
 def test_a_bad_box_threshold_in_a_model_file_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="box_threshold"):
         load_artifact(_map_model_file(tmp_path, box_threshold=1.5))

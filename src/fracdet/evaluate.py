@@ -122,7 +122,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out_dir: str | P
             "fracdet_version": art.version}
     m = write_evaluation(out_dir, y, prob, art.threshold, art.labels, extra=extra, report=dict(
         doubt_threshold=art.doubt_threshold, fracture_threshold=art.fracture_threshold,
-        logits=None if tta else logits, temperature=art.temperature,
+        logits=logits, temperature=art.temperature,
         calibration=art.calibration_in_use(), samples=[samples[i] for i in idx],
         n_resamples=n_resamples, seed=seed, run_dir=run_dir, model_info=info,
         title=f"fracdet evaluation: {Path(str(model)).name if model else 'default model'}"))

@@ -36,8 +36,12 @@ class TorchRunner:
     @torch.inference_mode()
     def outputs(self, batch: Any) -> dict[str, np.ndarray]:
         """The named outputs of the graph (``logit``; ``features``/``fracture_map`` where the
-        network gives them), as numpy; the logit is TTA's when TTA is on."""
+        network gives them), as numpy. Under TTA the logit is the views' mean while the features
+        (OOD check) and the fracture map (boxes) are the image's own view's."""
         x = torch.as_tensor(np.asarray(batch, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
-        if self.tta_model is not None or not hasattr(self.model, "graph_outputs"):
+        if not hasattr(self.model, "graph_outputs"):
             return {"logit": self(batch)}
-        return {k: v.float().numpy() for k, v in self.model.graph_outputs(x).items()}
+        out = {k: v.float().numpy() for k, v in self.model.graph_outputs(x).items()}
+        if self.tta_model is not None:
+            out["logit"] = self(batch)
+        return out

@@ -1,9 +1,10 @@
-"""Test-time augmentation: a model wrapper that averages views in probability space.
+"""Test-time augmentation: a model wrapper that averages the views' logits.
 
 Views: the image itself, its horizontal mirror, and small rotations (±``degrees``), each
-padded with the letterbox's black. The wrapper returns the logit of the mean calibrated
-probability, scaled back by the temperature — ``T · logit(mean σ(zᵥ / T))`` — so the usual
-``σ(z / T)`` downstream gives exactly the averaged probability and nothing else changes.
+padded with the letterbox's black. The wrapper returns the mean of the views' raw logits, so
+the model's calibration map (temperature, Platt, beta or isotonic) applies downstream to it
+exactly as to one view's logit; averaging probabilities under one map (the earlier rule) did
+not commute with the others.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-EPS = 1e-6
-
-
 class TTAModel(nn.Module):
     """``model`` with test-time augmentation (hflip + rotations by ``angles`` degrees)."""
 
-    def __init__(self, model: nn.Module, temperature: float, preprocess: Any,
+    def __init__(self, model: nn.Module, preprocess: Any,
                  angles: Sequence[float] = (-10.0, 10.0), hflip: bool = True) -> None:
         super().__init__()
         self.model = model
-        self.temperature = float(temperature)
         self.angles = [float(a) for a in angles]
         self.hflip = hflip
         # black (0 in the pixel convention) after the model's normalisation, per channel
@@ -40,16 +37,13 @@ class TTAModel(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        probs = [torch.sigmoid(self.model(v.contiguous(memory_format=torch.channels_last)).float() / t)
-                 for v in self.views(x)]
-        p = torch.stack(probs).mean(dim=0).clamp(EPS, 1 - EPS)
-        return t * (torch.log(p) - torch.log1p(-p))
+        logits = [self.model(v.contiguous(memory_format=torch.channels_last)).float() for v in self.views(x)]
+        return torch.stack(logits).mean(dim=0)
 
 
 def with_tta(model: nn.Module, artifact: Any, angles: Sequence[float] = (-10.0, 10.0)) -> TTAModel:
     """Wrap ``model`` (built from ``artifact``) for test-time augmentation."""
-    return TTAModel(model, artifact.temperature, artifact.preprocess, angles=angles).eval()
+    return TTAModel(model, artifact.preprocess, angles=angles).eval()
 
 
 __all__ = ["TTAModel", "with_tta"]
