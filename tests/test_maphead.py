@@ -139,6 +139,24 @@ def test_export_gives_the_fracture_map_as_pytorch_does():
     np.testing.assert_allclose(ref["logit"].numpy(), fused.numpy(), atol=1e-5)
 
 
+def test_a_stride_8_map_head_adds_the_stride_8_stage_and_exports():
+    torch.manual_seed(0)
+    fine = create_model("efficientnet_lite0", pretrained=False, map_stride=8, map_fuse=0.5, map_width=16).eval()
+    mid = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16).eval()
+    assert any(k.startswith("map_head.fine.") for k in fine.state_dict())
+    assert not any(k.startswith("map_head.fine.") for k in mid.state_dict())  # stride-16 files load as before
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        ref = fine.graph_outputs(x)
+        final, s16, s8 = fine.maps(x)
+    assert ref["fracture_map"].shape == (2, 16, 16) and tuple(s16.shape[-2:]) == (8, 8) and tuple(s8.shape[-2:]) == (16, 16)
+    got = OnnxRunner(onnx_bytes(fine, 128)).run(x.numpy())
+    np.testing.assert_allclose(got["fracture_map"], ref["fracture_map"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["logit"], ref["logit"].numpy(), atol=1e-4)
+    with pytest.raises(FracdetError, match="stride-16"):
+        create_model("simple_cnn", pretrained=False, map_stride=8)
+
+
 def _map_model_file(folder: Path, **localisation) -> Path:
     torch.manual_seed(0)
     model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1, map_stride=32).eval()

@@ -55,7 +55,7 @@ class TrainConfig:
     # learned localisation: a map head trained from fracture boxes (off while map_weight is 0)
     map_weight: float = 0.0  # λ of the map loss (per-cell BCE) beside the image loss
     boxes: str = "auto"  # COCO box file; auto: DATA/annotations/fracture_boxes_coco.json (FracAtlas)
-    map_stride: int = 0  # 16 or 32; 0: 16 where the backbone has a stride-16 stage, else 32
+    map_stride: int = 0  # 8, 16 or 32; 0: 16 where the backbone has a stride-16 stage, else 32
     map_fuse: float = 0.0  # image logit = (1 − α)·head + α·max(map)
     # lightning pass-through
     accelerator: str = "auto"

@@ -59,7 +59,8 @@ def add_train(sub: Any) -> None:
                    help="learn a fracture map from boxes: λ of the per-cell map loss beside the image loss (0 = off)")
     p.add_argument("--boxes", metavar="COCO_JSON",
                    help="fracture boxes for --map-weight (default: DATA/annotations/fracture_boxes_coco.json)")
-    p.add_argument("--map-stride", type=int, choices=[16, 32], help="map head resolution (default 16 where possible)")
+    p.add_argument("--map-stride", type=int, choices=[8, 16, 32],
+                   help="map head resolution (default 16 where possible; 8 adds the stride-8 stage)")
     p.add_argument("--map-fuse", type=float, help="image logit = (1 - a)·head + a·max(map) (default 0)")
     p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")

@@ -36,7 +36,7 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
     return backbone, int(backbone.num_features)
 
 
-MAP_STRIDES = (0, 16, 32)  # 0: no map head
+MAP_STRIDES = (0, 8, 16, 32)  # 0: no map head
 
 
 def mid_stage_index(backbone: nn.Module, reduction: int = 16) -> int:
@@ -50,9 +50,10 @@ def mid_stage_index(backbone: nn.Module, reduction: int = 16) -> int:
 
 class MapHead(nn.Module):
     """Per-cell fracture logits (N×h×w) from the final feature map and, when ``mid_channels``,
-    a finer stage (FPN-like: the final map reduced, upsampled to the finer grid and added)."""
+    a finer stage (FPN-like: the final map reduced, upsampled to the finer grid and added), and
+    when ``fine_channels`` too, a finer one still the same way (stride 8 after stride 16)."""
 
-    def __init__(self, channels: int, mid_channels: int = 0, width: int = 64) -> None:
+    def __init__(self, channels: int, mid_channels: int = 0, width: int = 64, fine_channels: int = 0) -> None:
         super().__init__()
 
         def reduce(c: int) -> nn.Sequential:
@@ -60,21 +61,24 @@ class MapHead(nn.Module):
 
         self.reduce = reduce(channels)
         self.lateral = reduce(mid_channels) if mid_channels else None
+        self.fine = reduce(fine_channels) if fine_channels else None
         self.out = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                                  nn.ReLU(inplace=True), nn.Conv2d(width, 1, 1))
         nn.init.constant_(self.out[-1].bias, -4.0)  # fractures are rare cells: start near p = 0.02
 
-    def forward(self, final: torch.Tensor, mid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, final: torch.Tensor, mid: torch.Tensor | None = None,
+                fine: torch.Tensor | None = None) -> torch.Tensor:
         y = self.reduce(final)
-        if self.lateral is not None and mid is not None:
-            y = F.interpolate(y, size=tuple(mid.shape[-2:]), mode="nearest") + self.lateral(mid)
+        for lateral, m in ((self.lateral, mid), (self.fine, fine)):
+            if lateral is not None and m is not None:
+                y = F.interpolate(y, size=tuple(m.shape[-2:]), mode="nearest") + lateral(m)
         return self.out(y)[:, 0]
 
 
 class FracNet(nn.Module):
     """Binary fracture classifier: ``backbone`` → ``pool`` → ``head`` → logits (N,).
 
-    ``map_stride`` 16 or 32 adds a :class:`MapHead` (``fracture_map`` output); ``map_fuse`` α
+    ``map_stride`` 8, 16 or 32 adds a :class:`MapHead` (``fracture_map`` output); ``map_fuse`` α
     makes the image logit ``(1 − α)·head + α·max(map)``."""
 
     def __init__(
@@ -109,11 +113,11 @@ class FracNet(nn.Module):
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
         self.map_head: MapHead | None = None
-        self._mid_index = -1
-        if self.map_stride == 16:
-            self._mid_index = mid_stage_index(backbone)
-            mid = int(backbone.feature_info[self._mid_index]["num_chs"])  # type: ignore[index]
-            self.map_head = MapHead(num_features, mid, map_width)
+        self._mid_indices: tuple[int, ...] = ()  # the stride-16 stage, then the stride-8 one
+        if self.map_stride in (8, 16):
+            self._mid_indices = tuple(mid_stage_index(backbone, r) for r in (16, 8) if r >= self.map_stride)
+            chans = [int(backbone.feature_info[i]["num_chs"]) for i in self._mid_indices]  # type: ignore[index]
+            self.map_head = MapHead(num_features, chans[0], map_width, chans[1] if len(chans) > 1 else 0)
         elif self.map_stride == 32:
             self.map_head = MapHead(num_features, 0, map_width)
 
@@ -136,19 +140,23 @@ class FracNet(nn.Module):
             return self.graph_outputs(x)["logit"]
         return self.forward_head(self.features(x))
 
-    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The final feature map and, for a stride-16 map head, the stride-16 stage's."""
-        if self._mid_index >= 0:
-            final, mids = self.backbone.forward_intermediates(x, indices=[self._mid_index])
-            return final, mids[0]
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The final feature map, then (None without) the stride-16 stage's for a stride-16 or 8
+        map head, then the stride-8 stage's for a stride-8 one."""
+        if self._mid_indices:
+            order = sorted(self._mid_indices)  # timm returns the stages shallow first
+            final, mids = self.backbone.forward_intermediates(x, indices=order)
+            found = dict(zip(order, mids))
+            return (final, *(found[i] for i in self._mid_indices))
         return self.feature_map(x), None
 
-    def heads(self, final: torch.Tensor, mid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def heads(self, final: torch.Tensor, mid: torch.Tensor | None = None,
+              fine: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output from backbone maps (what cached-feature training calls)."""
         f = self.pool(final)
         out = {"logit": self.forward_head(f), "features": f}
         if self.map_head is not None:
-            fmap = self.map_head(final, mid)
+            fmap = self.map_head(final, mid, fine)
             if self.map_fuse:
                 out["logit"] = (1.0 - self.map_fuse) * out["logit"] + self.map_fuse * fmap.amax(dim=(1, 2))
             out["fracture_map"] = fmap

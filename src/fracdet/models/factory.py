@@ -25,7 +25,7 @@ def create_model(
     """Build a :class:`FracNet` for ``name``; with ``pretrained`` load weights offline.
 
     Raises :class:`~fracdet.errors.WeightsNotFoundError` when pretrained weights
-    cannot be found locally. ``weights_path`` implies ``pretrained``. ``map_stride`` 16 or 32
+    cannot be found locally. ``weights_path`` implies ``pretrained``. ``map_stride`` 8, 16 or 32
     adds a fracture-map head (see :class:`FracNet`).
     """
     spec = get_spec(name)
