@@ -338,7 +338,7 @@ def test_fit_ood_command_and_training_fit_the_reference(tiny, tmp_path, capsys):
     from fracdet.artifact import load_artifact
     from fracdet.cli import main
     from fracdet.data.layouts import load_dataset
-    from fracdet.train import _add_ood
+    from fracdet.trainfinish import add_ood
     from synth import make_split_folders
 
     data = make_split_folders(tmp_path / "data", {"train": 12, "val": 8, "test": 4})
@@ -352,7 +352,7 @@ def test_fit_ood_command_and_training_fit_the_reference(tiny, tmp_path, capsys):
     assert art.state_dict.keys() == load_artifact(tiny).state_dict.keys() and art.threshold == 0.5
     copy = tmp_path / "run.fracdet"
     copy.write_bytes(tiny.read_bytes())
-    trained = _add_ood(copy, load_dataset(data))
+    trained = add_ood(copy, load_dataset(data))
     assert trained.ood_reference() is not None and load_artifact(copy).ood_reference() is not None
 
 

@@ -152,7 +152,8 @@ def tune(base: TrainConfig, trials: int, out_dir: str | Path, storage: str | Non
     log.info("tune: study %s holds %d finished trial(s); running %d more", study_name, done, max(trials - done, 0))
 
     def objective(trial: optuna.Trial) -> float:
-        from fracdet.train import EXTRA_CALLBACKS, train
+        from fracdet.train import train
+        from fracdet.trainloop import EXTRA_CALLBACKS
 
         cfg = suggest(trial, base, input_sizes)
         run = out / "trials" / f"trial-{trial.number:03d}"
