@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install bench default-model previous-default-model maphead-candidate clean
+.PHONY: demo test test-fast lint install bench default-model previous-default-model maphead-candidate e2e-candidate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -53,6 +53,15 @@ maphead-candidate: $(STAMP)
 	git show c4ee1f1:src/fracdet/weights/default.fracdet > $(BASE).tmp && mv $(BASE).tmp $(BASE)
 	$(BIN)/python scripts/maphead_cache.py --size 384 --model $(BASE)
 	$(BIN)/python scripts/maphead_fit.py --base $(BASE) --stride 16 --epochs 8 --fuse 0,0.25,0.5,0.75,1 --name finalist-cover-s16-w1 --save
+
+# issue 13, session 5: the whole network at 384 px with the map loss, starting from the backbone of the
+# model shipped before it (git c8e1083); about 55 minutes on 2 cores (docs/experiments.md, "End to end")
+E2E_START := runs/e2e-start.fracdet
+e2e-candidate: $(STAMP)
+	mkdir -p runs
+	git show c8e1083:src/fracdet/weights/default.fracdet > $(E2E_START).tmp && mv $(E2E_START).tmp $(E2E_START)
+	$(BIN)/fracdet train ../shared/data/fracatlas --weights $(E2E_START) --input-size 384 --map-weight 1 \
+		--map-fuse 0.75 --epochs1 1 --epochs2 6 --patience 2 --no-int8 --no-progress --out runs/e2e-384
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

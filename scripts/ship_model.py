@@ -45,7 +45,7 @@ REFIT_OOD = (  # for a shipped model file without the reference (calibrate and q
     "--out src/fracdet/weights/default.fracdet"
 )
 BOXES = "../shared/data/fracatlas/annotations/fracture_boxes_coco.json"
-REPRODUCE_FILE = (  # `make default-model`
+REPRODUCE_MAPHEAD = (  # `make default-model` (before session 5)
     "make maphead-candidate   # the 224 px model shipped before (git c4ee1f1) → its backbone maps at 384 px →\n"
     "                         # map head + image head → runs/maphead/finalist-cover-s16-w1/model.fracdet\n"
     "fracdet fit-ood ../shared/data/fracatlas --model runs/maphead/finalist-cover-s16-w1/model.fracdet \\\n"
@@ -63,6 +63,34 @@ REPRODUCE_FILE = (  # `make default-model`
     "    --test-eval runs/ship/eval-test --int8-from runs/ship/model-int8.fracdet \\\n"
     "    --model-detection runs/ship/test-model-boxes.json"
 )
+REPRODUCE_E2E = (  # `make default-model`
+    "make e2e-candidate       # the model shipped before (git c8e1083) → its backbone, end to end at 384 px\n"
+    "                         # with the map loss → runs/e2e-384/model.fracdet (calibration, operating points,\n"
+    "                         # box threshold and OOD reference fitted by fracdet train on validation)\n"
+    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384/model.fracdet --split val --out runs/ship/eval-val \\\n"
+    f"    --boxes {BOXES} --cam-methods gradcam\n"
+    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384/model.fracdet --split test --out runs/ship/eval-test \\\n"
+    f"    --boxes {BOXES} --cam-methods gradcam   # the one test evaluation\n"
+    "python scripts/ship_model.py --model runs/e2e-384/model.fracdet --recipe e2e --val-eval runs/ship/eval-val \\\n"
+    "    --test-eval runs/ship/eval-test"
+)
+RECIPES = {"maphead": REPRODUCE_MAPHEAD, "e2e": REPRODUCE_E2E}
+TEST_TOUCH = {  # how the test split was read for the model, beyond the one evaluation
+    "e2e": " `fracdet train` had computed the same file's test metrics at its end, as it always does (the run's "
+           "eval-test folder, the same figures); they were not read before the choice on validation.",
+}
+CHOICES = {  # what was chosen on validation before the one test evaluation, per recipe
+    "maphead": "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration "
+               "map and the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
+    "e2e": "the recipe (end to end at 384 px from the previous model's backbone, stride 16, λ 1, α 0.75, from the "
+           "frozen-backbone runs), the best epoch, the calibration map, the operating points, the box threshold and "
+           "the OOD threshold, and the rule that it replaces the model before it (docs/experiments.md, \"End to "
+           "end at 384 px\")",
+}
+SPLIT_NOTE = {
+    "maphead": "the one the 224 px model it was made from was trained with",
+    "e2e": "the one the models before it were trained with (fracdet train derives it from the data and checked it)",
+}
 
 
 def relative_split(rows: list[dict[str, str]], base: Path, data_root: Path) -> str:
@@ -109,7 +137,7 @@ def ship_run(run_dir: Path, wall_seconds: float | None) -> dict[str, Any]:
     return metrics
 
 
-def note_on_test(date: str, test: dict[str, Any], val_note: str = "") -> str:
+def note_on_test(date: str, test: dict[str, Any], val_note: str = "", recipe: str = "maphead") -> str:
     loc = test.get("localisation") or {}
     n_boxed, n_map = (loc.get("settings") or {}).get("n_images"), (loc.get("model") or {}).get("n")
     refused = (f" In its localisation step the out-of-distribution check refused {n_boxed - n_map} of the {n_boxed} "
@@ -120,13 +148,11 @@ def note_on_test(date: str, test: dict[str, Any], val_note: str = "") -> str:
                if n_boxed and n_map and n_map < n_boxed else "")
     return (
         f"The test split was evaluated once for this model, on {date}, after every choice had been made on "
-        "validation: the map head's targets, stride and loss weight, the blend α, the box threshold, the "
-        "calibration map and the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD "
-        "threshold. That single evaluation (`fracdet evaluate --split test`, backend "
+        f"validation: {CHOICES[recipe]}. That single evaluation (`fracdet evaluate --split test`, backend "
         f"{test.get('backend', 'auto')}) gives the test column and every test figure below; nothing was changed "
-        "after it. The 224 px models shipped before were measured on the same test split (their history is in "
-        "their model card in git and in the README), so the split is not untouched by the project, but it "
-        "chose nothing for this model." + refused
+        "after it." + TEST_TOUCH.get(recipe, "") + " The models shipped before were measured on the same test split "
+        "(their history is in their model cards in git and in the README), so the split is not untouched by the "
+        "project, but it chose nothing for this model." + refused
         + (f" The val column: {val_note}." if val_note else "")
     )
 
@@ -173,7 +199,7 @@ def int8_left_out(quantized: ModelArtifact, shipped_bytes: int) -> str:
 
 
 def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from: Path | None,
-              model_detection: Path | None) -> dict[str, Any]:
+              model_detection: Path | None, recipe: str = "maphead") -> dict[str, Any]:
     """Ship a model file with its validation and (one) test evaluation as its metrics."""
     art: ModelArtifact = load_artifact(model)
     val, test = read_evaluation(val_eval), read_evaluation(test_eval)
@@ -203,7 +229,7 @@ def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from
             "note": "scored by scripts/model_boxes.py on `fracdet predict --no-ood` rows of the same test films: "
                     "evaluate left the model's boxes out because the OOD check refused some films"}
     art.metrics = {"val": val, "test": test, "calibration": calibration, "selection": selection,
-                   "test_note": note_on_test(date, test, val.get("note", ""))}
+                   "test_note": note_on_test(date, test, val.get("note", ""), recipe)}
     save_artifact(art, DEFAULT)
     shipped = load_artifact(DEFAULT)
     write_text(REPO / "docs/default-model-split.csv", (shipped.split_csv or b"").decode())
@@ -214,10 +240,10 @@ def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from
         card += int8_left_out(load_artifact(int8_from), DEFAULT.stat().st_size)
     card += (
         "\n## Reproduce\n\nOn a 2-core CPU (no GPU), from the repository root with FracAtlas in "
-        "`../shared/data/fracatlas` (`make default-model` runs these lines):\n\n```bash\n" + REPRODUCE_FILE
+        "`../shared/data/fracatlas` (`make default-model` runs these lines):\n\n```bash\n" + RECIPES[recipe]
         + "\n```\n\n"
-        "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder), the one "
-        "the 224 px model it was made from was trained with; it is stored in the model file.\n"
+        "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder), "
+        f"{SPLIT_NOTE[recipe]}; it is stored in the model file.\n"
     )
     write_text(REPO / "docs/model-card.md", card)
     return shipped.metrics
@@ -234,6 +260,8 @@ def main() -> None:
                     help="a quantized copy of --model whose int8 graph was measured and left out (model card says why)")
     ap.add_argument("--model-detection", type=Path,
                     help="scripts/model_boxes.py --out JSON: the model's test boxes when evaluate left them out")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="e2e",
+                    help="how --model was made (its reproduce lines and what was chosen on validation)")
     ap.add_argument("--test-date", default=dt.date.today().isoformat(), help="date of the test evaluation")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -242,7 +270,7 @@ def main() -> None:
     if a.model is not None:
         if a.val_eval is None or a.test_eval is None:
             ap.error("--model needs --val-eval and --test-eval")
-        metrics = ship_file(a.model, a.val_eval, a.test_eval, a.test_date, a.int8_from, a.model_detection)
+        metrics = ship_file(a.model, a.val_eval, a.test_eval, a.test_date, a.int8_from, a.model_detection, a.recipe)
     else:
         metrics = ship_run(a.run_dir, a.wall_seconds)
     log.info("%s", json.dumps({k: metrics[k]["roc_auc"] for k in ("val", "test") if k in metrics}))
