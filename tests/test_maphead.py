@@ -288,3 +288,37 @@ def test_localisation_scores_the_model_on_films_its_ood_check_would_refuse(tmp_p
                               negatives=[x for x in samples if x.label == 0]).summary
     assert s["model"]["n"] == 2  # both fractured films with boxes: the learned map scored
     assert s["detection"]["model"]["n_films"] == 5  # and the boxes over all five films
+
+
+def test_choose_fuse_picks_alpha_on_validation_and_rewrites_graph_and_calibration(tmp_path):
+    import subprocess
+    import sys
+
+    from synth import make_split_folders
+
+    data = make_split_folders(tmp_path / "data", {"train": 2, "val": 10, "test": 2})
+    torch.manual_seed(1)
+    model = create_model("simple_cnn", pretrained=False, head_hidden=16, dropout=0.1, map_stride=32).eval()
+    art = ModelArtifact(architecture="simple_cnn", state_dict=model.state_dict(), preprocess=SPEC,
+                        model_config=dict(model.config), localisation={"box_threshold": 0.4})
+    src = save_artifact(art, tmp_path / "a0.fracdet")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "choose_fuse.py"
+    run = subprocess.run([sys.executable, str(script), str(src), "--data", str(data), "--out", str(tmp_path / "c.fracdet")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    chosen = load_artifact(tmp_path / "c.fracdet")
+    table = chosen.metrics["map_fuse_choice"]["roc_auc_by_alpha"]
+    alpha = chosen.model_config["map_fuse"]
+    assert alpha != 0  # this seed's map helps: the graph must have changed
+    assert set(table) == {"0", "0.25", "0.5", "0.75", "1"} and table[f"{alpha:g}"] == max(table.values())
+    assert chosen.localisation["box_threshold"] == 0.4 and chosen.metrics["calibration"]["n"] == 20
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model.graph_outputs(x)
+    blend = (1 - alpha) * ref["logit"] + alpha * ref["fracture_map"].amax(dim=(1, 2))
+    np.testing.assert_allclose(OnnxRunner(chosen.float32_graph()).run(x.numpy())["logit"], blend.numpy(), atol=1e-4)
+    fused = ModelArtifact(architecture="simple_cnn", state_dict=model.state_dict(), preprocess=SPEC,
+                          model_config={**model.config, "map_fuse": 0.5})
+    again = subprocess.run([sys.executable, str(script), str(save_artifact(fused, tmp_path / "f.fracdet")), "--data",
+                            str(data), "--out", str(tmp_path / "d.fracdet")], capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "--map-fuse 0" in again.stderr and not (tmp_path / "d.fracdet").exists()
