@@ -54,14 +54,17 @@ maphead-candidate: $(STAMP)
 	$(BIN)/python scripts/maphead_cache.py --size 384 --model $(BASE)
 	$(BIN)/python scripts/maphead_fit.py --base $(BASE) --stride 16 --epochs 8 --fuse 0,0.25,0.5,0.75,1 --name finalist-cover-s16-w1 --save
 
-# issue 13, session 5: the whole network at 384 px with the map loss, starting from the backbone of the
-# model shipped before it (git c8e1083); about 55 minutes on 2 cores (docs/experiments.md, "End to end")
+# issue 13, session 5: the whole network at 384 px with the map loss (map learned from the boxes alone,
+# α 0), starting from the backbone of the model shipped before it (git c8e1083), then the blend α chosen
+# on validation; about 45 minutes on 2 cores (docs/experiments.md, "End to end", run B)
 E2E_START := runs/e2e-start.fracdet
+E2E := runs/e2e-384-a0
 e2e-candidate: $(STAMP)
 	mkdir -p runs
 	git show c8e1083:src/fracdet/weights/default.fracdet > $(E2E_START).tmp && mv $(E2E_START).tmp $(E2E_START)
 	$(BIN)/fracdet train ../shared/data/fracatlas --weights $(E2E_START) --input-size 384 --map-weight 1 \
-		--map-fuse 0.75 --epochs1 1 --epochs2 6 --patience 2 --no-int8 --no-progress --out runs/e2e-384
+		--map-fuse 0 --epochs1 1 --epochs2 6 --patience 2 --no-int8 --no-progress --out $(E2E)
+	$(BIN)/python scripts/choose_fuse.py $(E2E)/model.fracdet --data ../shared/data/fracatlas --out $(E2E)/chosen.fracdet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

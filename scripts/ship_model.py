@@ -64,15 +64,16 @@ REPRODUCE_MAPHEAD = (  # `make default-model` (before session 5)
     "    --model-detection runs/ship/test-model-boxes.json"
 )
 REPRODUCE_E2E = (  # `make default-model`
-    "make e2e-candidate       # the model shipped before (git c8e1083) → its backbone, end to end at 384 px\n"
-    "                         # with the map loss → runs/e2e-384/model.fracdet (calibration, operating points,\n"
-    "                         # box threshold and OOD reference fitted by fracdet train on validation)\n"
-    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384/model.fracdet --split val --out runs/ship/eval-val \\\n"
-    f"    --boxes {BOXES} --cam-methods gradcam\n"
-    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384/model.fracdet --split test --out runs/ship/eval-test \\\n"
-    f"    --boxes {BOXES} --cam-methods gradcam   # the one test evaluation\n"
-    "python scripts/ship_model.py --model runs/e2e-384/model.fracdet --recipe e2e --val-eval runs/ship/eval-val \\\n"
-    "    --test-eval runs/ship/eval-test"
+    "make e2e-candidate       # the model shipped before (git c8e1083) → its backbone, end to end at 384 px with\n"
+    "                         # the map loss (α 0) → runs/e2e-384-a0/model.fracdet (calibration, box threshold\n"
+    "                         # and OOD reference fitted by fracdet train on validation) → α chosen on validation,\n"
+    "                         # calibration and operating points refitted → runs/e2e-384-a0/chosen.fracdet\n"
+    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384-a0/chosen.fracdet --split val \\\n"
+    f"    --out runs/ship/eval-val --boxes {BOXES} --cam-methods gradcam\n"
+    "fracdet evaluate ../shared/data/fracatlas --model runs/e2e-384-a0/chosen.fracdet --split test \\\n"
+    f"    --out runs/ship/eval-test --boxes {BOXES} --cam-methods gradcam   # the one test evaluation\n"
+    "python scripts/ship_model.py --model runs/e2e-384-a0/chosen.fracdet --recipe e2e \\\n"
+    "    --val-eval runs/ship/eval-val --test-eval runs/ship/eval-test"
 )
 RECIPES = {"maphead": REPRODUCE_MAPHEAD, "e2e": REPRODUCE_E2E}
 TEST_TOUCH = {  # how the test split was read for the model, beyond the one evaluation
@@ -82,10 +83,10 @@ TEST_TOUCH = {  # how the test split was read for the model, beyond the one eval
 CHOICES = {  # what was chosen on validation before the one test evaluation, per recipe
     "maphead": "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration "
                "map and the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
-    "e2e": "the recipe (end to end at 384 px from the previous model's backbone, stride 16, λ 1, α 0.75, from the "
-           "frozen-backbone runs), the best epoch, the calibration map, the operating points, the box threshold and "
-           "the OOD threshold, and the rule that it replaces the model before it (docs/experiments.md, \"End to "
-           "end at 384 px\")",
+    "e2e": "the recipe (end to end at 384 px from the previous model's backbone, stride 16, λ 1, the map trained "
+           "on the boxes alone after a run with α 0.75 in training lost the pointing), the best epoch, the blend α, "
+           "the calibration map, the operating points, the box threshold, the OOD threshold, and the rule that it "
+           "replaces the model before it (docs/experiments.md, \"End to end at 384 px\")",
 }
 SPLIT_NOTE = {
     "maphead": "the one the 224 px model it was made from was trained with",
