@@ -1,6 +1,6 @@
 """What the input size costs on this CPU: the default model's network exported at each size.
 
-    python benchmarks/resolution_cost.py [--sizes 224,288,320,384] [--seconds 4] [--n-ref 96]
+    python benchmarks/resolution_cost.py [--sizes 224,288,320,384] [--seconds 4] [--n-ref 1000] [--n-read 200]
 
 The default model (EfficientNet-Lite0 with its map head) is fully convolutional, so its weights
 run at any input size. For each size S this exports its float32 graph at S (as ``fracdet``
@@ -11,8 +11,8 @@ films at S; only its speed is of interest here, not its drift), and times:
   (what ``predict``'s reader thread does), over FracAtlas films;
 - the graph alone on a ready batch of 8, float32 and int8, onnxruntime on all cores;
 
-beside the ResNet-50 reference of ``benchmarks/bench.py`` (eager PyTorch, full decode, 224 px)
-in the same run, and prints each as a multiple of the reference.  Reading runs on another
+beside the ResNet-50 reference of ``benchmarks/bench.py`` (eager PyTorch, full decode, 224 px;
+its subprocess, in the ``fracdet`` command's environment) in the same run, and prints each as a multiple of the reference.  Reading runs on another
 thread than the graph in ``predict``, but both share the same cores, so the end-to-end rate
 is at most the graph's.  Needs ../shared/data/fracatlas.  Not a test.
 """
@@ -44,12 +44,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="224,288,320,384")
     ap.add_argument("--seconds", type=float, default=4.0, help="timing per graph")
-    ap.add_argument("--n-ref", type=int, default=96, help="films for the reference and the reading stage")
+    ap.add_argument("--n-ref", type=int, default=1000, help="films for the reference (bench.py's N)")
+    ap.add_argument("--n-read", type=int, default=200, help="films for the reading stage")
     a = ap.parse_args()
     if not FRACATLAS.is_dir():
         sys.exit(f"error: {FRACATLAS}: FracAtlas not found")
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench import _worker_reference
+    from bench import _run
 
     from fracdet.artifact import load_artifact
     from fracdet.cpu import cpu_model, cpu_summary
@@ -63,8 +64,9 @@ def main() -> None:
     art = load_artifact()
     model = build_model(art)
     films = load_dataset(FRACATLAS).samples  # speed only: which films does not matter
-    calibration, files = films[::97][:32], [s.path for s in films[::31]][: a.n_ref]
-    ref = _worker_reference(a.n_ref)
+    calibration = films[::97][:32]
+    files = [films[int(i)].path for i in np.linspace(0, len(films) - 1, min(a.n_read, len(films)))]
+    ref = _run("reference", str(a.n_ref))  # a subprocess in the `fracdet` command's environment (tcmalloc when installed)
     ref_rate = ref["images"] / ref["seconds"]
     print(f"# input size and speed — {cpu_model()}, int8 kernels {cpu_summary()['kernel_class']}; reference "
           f"(ResNet-50, eager, 224 px, end to end) {ref_rate:.1f} images/s; default model "
