@@ -41,7 +41,7 @@ class TorchRunner:
         x = torch.as_tensor(np.asarray(batch, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
         if not hasattr(self.model, "graph_outputs"):
             return {"logit": self(batch)}
-        out = {k: v.float().numpy() for k, v in self.model.graph_outputs(x).items()}
-        if self.tta_model is not None:
-            out["logit"] = self(batch)
-        return out
+        graph = self.model.graph_outputs(x)
+        if self.tta_model is not None:  # the image's own view is the first view: not run twice
+            graph["logit"] = self.tta_model(x, own=graph["logit"])
+        return {k: v.float().numpy() for k, v in graph.items()}

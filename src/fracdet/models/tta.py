@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+
 class TTAModel(nn.Module):
     """``model`` with test-time augmentation (hflip + rotations by ``angles`` degrees)."""
 
@@ -36,9 +37,14 @@ class TTAModel(nn.Module):
             out.append(TF.rotate(x, a, interpolation=InterpolationMode.BILINEAR, fill=self.fill))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = [self.model(v.contiguous(memory_format=torch.channels_last)).float() for v in self.views(x)]
-        return torch.stack(logits).mean(dim=0)
+    def forward(self, x: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean logit of the views; ``own``: the image's own logit when the caller has run it
+        already (it is not run again)."""
+        views = self.views(x)
+        if own is not None:
+            views = views[1:]
+        logits = [self.model(v.contiguous(memory_format=torch.channels_last)).float() for v in views]
+        return torch.stack(([own.float()] if own is not None else []) + logits).mean(dim=0)
 
 
 def with_tta(model: nn.Module, artifact: Any, angles: Sequence[float] = (-10.0, 10.0)) -> TTAModel:
