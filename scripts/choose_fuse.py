@@ -25,20 +25,19 @@ log = logging.getLogger("choose_fuse")
 
 def head_and_map_max(art, samples, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The image head's logit, the map's maximum logit and the label of every readable film."""
-    from fracdet.data.loader import make_loader
+    from fracdet.models.collect import collect_logits
     from fracdet.transforms import build_transforms
 
     model = art.build_model().eval()
-    heads, maxes, ys = [], [], []
-    with torch.inference_mode():
-        for x, y, _ in make_loader(samples, build_transforms(art.preprocess), batch_size=batch_size):
-            if not len(x):
-                continue
-            out = model.graph_outputs(x.contiguous(memory_format=torch.channels_last))
-            heads.append(out["logit"].float().numpy())
-            maxes.append(out["fracture_map"].float().amax(dim=(1, 2)).numpy())
-            ys.append(y.numpy())
-    return np.concatenate(heads), np.concatenate(maxes), np.concatenate(ys).astype(int)
+
+    def head_and_max(x: torch.Tensor) -> torch.Tensor:
+        out = model.graph_outputs(x.contiguous(memory_format=torch.channels_last))
+        return torch.stack([out["logit"], out["fracture_map"].amax(dim=(1, 2))], dim=1)
+
+    both, y, _ = collect_logits(head_and_max, samples, build_transforms(art.preprocess), batch_size)
+    if not len(y):
+        raise SystemExit("error: no readable validation films")
+    return both[:, 0], both[:, 1], y
 
 
 def main() -> None:
