@@ -241,8 +241,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         # passed only when set: an explicit 1.0 makes Lightning announce "100% of the batches will be used"
-        limit_train_batches=limit(cfg.limit_train_batches),
-        limit_val_batches=limit(cfg.limit_val_batches),
+        limit_train_batches=_limit(cfg.limit_train_batches),
+        limit_val_batches=_limit(cfg.limit_val_batches),
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         deterministic=False,
@@ -250,7 +250,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, phase: str, epochs: int, rows
     )
 
 
-def limit(value: float | int | None) -> float | int | None:
+def _limit(value: float | int | None) -> float | int | None:
     return None if value is None or value == 1.0 else value
 
 
@@ -282,4 +282,4 @@ def log_phase_end(label: str, cfg: TrainConfig, trainer: L.Trainer, best_path: s
 
 
 __all__ = ["EXTRA_CALLBACKS", "PHASES", "AtomicCheckpointIO", "EpochSeeding", "EpochTable", "FractureModule",
-           "ResumedAtEpochEnd", "build_trainer", "limit", "load_best", "log_phase_end"]
+           "ResumedAtEpochEnd", "build_trainer", "load_best", "log_phase_end"]
