@@ -38,7 +38,7 @@ default-model: maphead-candidate
 	$(BIN)/fracdet evaluate ../shared/data/fracatlas --model $(SHIP)/ood.fracdet --split test --out $(SHIP)/eval-test --boxes $(BOXES) --cam-methods gradcam
 	$(BIN)/fracdet predict $$(cut -d, -f1 $(SHIP)/eval-test/predictions.csv | tail -n +2) --model $(SHIP)/ood.fracdet --no-ood --out $(SHIP)/test-boxes.csv
 	$(BIN)/python scripts/model_boxes.py $(SHIP)/test-boxes.csv $(BOXES) --out $(SHIP)/test-model-boxes.json
-	$(BIN)/python scripts/ship_model.py --model $(SHIP)/ood.fracdet --val-eval $(SHIP)/eval-val --test-eval $(SHIP)/eval-test --int8-from $(SHIP)/model-int8.fracdet --model-detection $(SHIP)/test-model-boxes.json
+	$(BIN)/python scripts/ship_model.py --model $(SHIP)/ood.fracdet --recipe maphead --val-eval $(SHIP)/eval-val --test-eval $(SHIP)/eval-test --int8-from $(SHIP)/model-int8.fracdet --model-detection $(SHIP)/test-model-boxes.json
 
 # the 224 px model shipped before it (trained by `fracdet train`; its model card is in git history)
 previous-default-model: $(STAMP)

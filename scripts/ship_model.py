@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ REFIT_OOD = (  # for a shipped model file without the reference (calibrate and q
     "--out src/fracdet/weights/default.fracdet"
 )
 BOXES = "../shared/data/fracatlas/annotations/fracture_boxes_coco.json"
-REPRODUCE_MAPHEAD = (  # `make default-model` (before session 5)
+REPRODUCE_MAPHEAD = (  # `make default-model`: the shipped model
     "make maphead-candidate   # the 224 px model shipped before (git c4ee1f1) → its backbone maps at 384 px →\n"
     "                         # map head + image head → runs/maphead/finalist-cover-s16-w1/model.fracdet\n"
     "fracdet fit-ood ../shared/data/fracatlas --model runs/maphead/finalist-cover-s16-w1/model.fracdet \\\n"
@@ -63,7 +64,7 @@ REPRODUCE_MAPHEAD = (  # `make default-model` (before session 5)
     "    --test-eval runs/ship/eval-test --int8-from runs/ship/model-int8.fracdet \\\n"
     "    --model-detection runs/ship/test-model-boxes.json"
 )
-REPRODUCE_E2E = (  # `make default-model`
+REPRODUCE_E2E = (  # `make e2e-candidate` and after, should such a model be shipped
     "make e2e-candidate       # the model shipped before (git c8e1083) → its backbone, end to end at 384 px with\n"
     "                         # the map loss (α 0) → runs/e2e-384-a0/model.fracdet (calibration, box threshold\n"
     "                         # and OOD reference fitted by fracdet train on validation) → α chosen on validation,\n"
@@ -75,24 +76,36 @@ REPRODUCE_E2E = (  # `make default-model`
     "python scripts/ship_model.py --model runs/e2e-384-a0/chosen.fracdet --recipe e2e \\\n"
     "    --val-eval runs/ship/eval-val --test-eval runs/ship/eval-test"
 )
-RECIPES = {"maphead": REPRODUCE_MAPHEAD, "e2e": REPRODUCE_E2E}
-TEST_TOUCH = {  # how the test split was read for the model, beyond the one evaluation
-    "e2e": " `fracdet train` had computed the same file's test metrics at its end, as it always does (the run's "
-           "eval-test folder, the same figures); they were not read before the choice on validation.",
-}
-CHOICES = {  # what was chosen on validation before the one test evaluation, per recipe
-    "maphead": "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration "
-               "map and the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
-    "e2e": "the recipe (end to end at 384 px from the previous model's backbone, stride 16, λ 1, the map trained "
-           "on the boxes alone after a run with α 0.75 in training lost the pointing), the best epoch, the blend α, "
-           "the calibration map, the operating points, the box threshold, the OOD threshold, and the rule that it "
-           "replaces the model before it (docs/experiments.md, \"End to end at 384 px\")",
-}
-SPLIT_NOTE = {
-    "maphead": "the one the 224 px model it was made from was trained with",
-    "e2e": "the one the models before it were trained with (fracdet train derives it from the data and checked it)",
-}
 
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a shipped model file was made: its reproduce lines, what was chosen on validation
+    before its one test evaluation, where its split comes from, and any other read of test."""
+
+    reproduce: str
+    runs_them: str  # what runs the reproduce lines
+    choices: str
+    split: str
+    test_touch: str = ""
+
+
+RECIPES = {
+    "maphead": Recipe(
+        REPRODUCE_MAPHEAD, "`make default-model` runs these lines",
+        "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration map and "
+        "the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
+        "the one the 224 px model it was made from was trained with"),
+    "e2e": Recipe(
+        REPRODUCE_E2E, "`make e2e-candidate` is the first line",
+        "the recipe (end to end at 384 px from the previous model's backbone, stride 16, λ 1, the map trained on "
+        "the boxes alone after a run with α 0.75 in training lost the pointing), the best epoch, the blend α, the "
+        "calibration map, the operating points, the box threshold, the OOD threshold, and the rule that it replaces "
+        "the model before it (docs/experiments.md, \"End to end at 384 px\")",
+        "the one the models before it were trained with (fracdet train derives it from the data and checked it)",
+        " `fracdet train` had computed the same file's test metrics at its end, as it always does (the run's "
+        "eval-test folder, the same figures); they were not read before the choice on validation."),
+}
 
 def relative_split(rows: list[dict[str, str]], base: Path, data_root: Path) -> str:
     """The split CSV with its paths relative to the data folder."""
@@ -149,9 +162,9 @@ def note_on_test(date: str, test: dict[str, Any], val_note: str = "", recipe: st
                if n_boxed and n_map and n_map < n_boxed else "")
     return (
         f"The test split was evaluated once for this model, on {date}, after every choice had been made on "
-        f"validation: {CHOICES[recipe]}. That single evaluation (`fracdet evaluate --split test`, backend "
+        f"validation: {RECIPES[recipe].choices}. That single evaluation (`fracdet evaluate --split test`, backend "
         f"{test.get('backend', 'auto')}) gives the test column and every test figure below; nothing was changed "
-        "after it." + TEST_TOUCH.get(recipe, "") + " The models shipped before were measured on the same test split "
+        "after it." + RECIPES[recipe].test_touch + " The models shipped before were measured on the same test split "
         "(their history is in their model cards in git and in the README), so the split is not untouched by the "
         "project, but it chose nothing for this model." + refused
         + (f" The val column: {val_note}." if val_note else "")
@@ -241,10 +254,10 @@ def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from
         card += int8_left_out(load_artifact(int8_from), DEFAULT.stat().st_size)
     card += (
         "\n## Reproduce\n\nOn a 2-core CPU (no GPU), from the repository root with FracAtlas in "
-        "`../shared/data/fracatlas` (`make default-model` runs these lines):\n\n```bash\n" + RECIPES[recipe]
+        f"`../shared/data/fracatlas` ({RECIPES[recipe].runs_them}):\n\n```bash\n" + RECIPES[recipe].reproduce
         + "\n```\n\n"
         "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder), "
-        f"{SPLIT_NOTE[recipe]}; it is stored in the model file.\n"
+        f"{RECIPES[recipe].split}; it is stored in the model file.\n"
     )
     write_text(REPO / "docs/model-card.md", card)
     return shipped.metrics
@@ -261,7 +274,7 @@ def main() -> None:
                     help="a quantized copy of --model whose int8 graph was measured and left out (model card says why)")
     ap.add_argument("--model-detection", type=Path,
                     help="scripts/model_boxes.py --out JSON: the model's test boxes when evaluate left them out")
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="e2e",
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="maphead",
                     help="how --model was made (its reproduce lines and what was chosen on validation)")
     ap.add_argument("--test-date", default=dt.date.today().isoformat(), help="date of the test evaluation")
     a = ap.parse_args()
