@@ -12,9 +12,9 @@ films at S; only its speed is of interest here, not its drift), and times:
 - the graph alone on a ready batch of 8, float32 and int8, onnxruntime on all cores;
 
 beside the ResNet-50 reference of ``benchmarks/bench.py`` (eager PyTorch, full decode, 224 px;
-its subprocess, in the ``fracdet`` command's environment) in the same run, and prints each as a multiple of the reference.  Reading runs on another
-thread than the graph in ``predict``, but both share the same cores, so the end-to-end rate
-is at most the graph's.  Needs ../shared/data/fracatlas.  Not a test.
+bench's own subprocess, in the ``fracdet`` command's environment) in the same run, and prints
+each as a multiple of the reference.  Reading runs on another thread than the graph in
+``predict``, but both share the same cores, so the end-to-end rate is at most the graph's.  Needs ../shared/data/fracatlas.  Not a test.
 """
 
 from __future__ import annotations
