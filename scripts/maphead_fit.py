@@ -58,6 +58,8 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=16, choices=(16, 32))
     ap.add_argument("--map-weight", type=float, default=1.0)
     ap.add_argument("--gamma", type=float, default=0.0, help="focal loss gamma of the map loss (0: BCE)")
+    ap.add_argument("--mass-weight", type=float, default=0.0,
+                    help="weight of the box-mass loss (−log of the map's softmax mass in the boxes; 0: off)")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -80,15 +82,15 @@ def main() -> int:
     from fracdet.fracturemap import map_to_image
     from fracdet.localisation import centre_map, load_coco_boxes, pointing_hit
     from fracdet.models import create_model
-    from fracdet.models.maploss import map_loss
+    from fracdet.models.maploss import box_mass_loss, map_loss
 
     with np.load(a.cache) as z:
         cache = {k: z[k] for k in z.files}
     size = int(cache["size"])
     boxes = load_coco_boxes(Path(a.data) / "annotations/fracture_boxes_coco.json")
     base = load_artifact(a.base)
-    model = create_model(base.architecture, pretrained=False, map_stride=a.stride, map_width=a.width,
-                         **base.model_config)
+    config = {**base.model_config, "map_stride": a.stride, "map_width": a.width, "map_fuse": 0.0}
+    model = create_model(base.architecture, pretrained=False, **config)
     missing, _ = model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in base.state_dict.items()},
                                        strict=False)
     assert all(k.startswith("map_head.") for k in missing), missing
@@ -131,6 +133,8 @@ def main() -> int:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], y[j])
             if a.map_weight:
                 loss = loss + a.map_weight * map_loss(out["fracture_map"], targets_t[j], weights_t[j], a.gamma)
+            if a.mass_weight:
+                loss = loss + a.mass_weight * box_mass_loss(out["fracture_map"], targets_t[j], weights_t[j])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -144,7 +148,8 @@ def main() -> int:
 
     head, maps, mx = outputs(val)
     yv = cache["label"][val]
-    result: dict = {"targets": "cover", "stride": a.stride, "map_weight": a.map_weight, "gamma": a.gamma, "width": a.width,
+    result: dict = {"targets": "cover", "stride": a.stride, "map_weight": a.map_weight, "gamma": a.gamma,
+                    "mass_weight": a.mass_weight, "width": a.width,
                     "epochs": a.epochs, "lr": a.lr, "keep_head": a.keep_head, "input_size": size,
                     "cache": Path(a.cache).name, "train_seconds": round(train_s, 1),
                     "auroc_head": float(roc_auc_score(yv, head)), "auroc_map_max": float(roc_auc_score(yv, mx))}
@@ -166,7 +171,8 @@ def main() -> int:
     result.update(box_threshold=threshold, boxes=table, ap50=table[f"{threshold:g}"]["ap50"],
                   box_f1=table[f"{threshold:g}"]["f1"])
     result["fractured_val_films"] = len(fractured)
-    name = a.name or f"cover-s{a.stride}-w{a.map_weight:g}-g{a.gamma:g}{'-keephead' if a.keep_head else ''}-{Path(a.cache).stem}"
+    mass = f"-m{a.mass_weight:g}" if a.mass_weight else ""
+    name = a.name or f"cover-s{a.stride}-w{a.map_weight:g}-g{a.gamma:g}{mass}{'-keephead' if a.keep_head else ''}-{Path(a.cache).stem}"
     out_dir = ROOT / "runs/maphead" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "val.json").write_text(json.dumps(result, indent=2) + "\n")

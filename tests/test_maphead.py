@@ -25,7 +25,7 @@ from fracdet.models import FracNet, create_model
 from fracdet.models.registry import get_spec
 from fracdet.models.simple_cnn import SimpleCNN
 from fracdet.models.export import onnx_bytes
-from fracdet.models.maploss import cell_targets, map_loss
+from fracdet.models.maploss import box_mass_loss, cell_targets, map_loss
 from fracdet.transforms import AugmentConfig, ModelTransform, PreprocessSpec
 
 from synth import tiny_model_file, xray_array
@@ -92,7 +92,8 @@ def test_box_mask_moves_with_the_image_under_augmentation():
         assert inside > 0.9, inside  # the bright square stays under its mask
 
 
-def test_map_head_learns_to_point_at_a_blob(tmp_path):
+@pytest.mark.parametrize("mass_weight", [0.0, 1.0])
+def test_map_head_learns_to_point_at_a_blob(tmp_path, mass_weight):
     spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.25,) * 3)  # an 8×8 map
     torch.manual_seed(0)
     train, held = _Films(tmp_path, 48, 1), _Films(tmp_path, 20, 2)
@@ -108,7 +109,8 @@ def test_map_head_learns_to_point_at_a_blob(tmp_path):
     opt = torch.optim.Adam(model.map_head.parameters(), lr=1e-2)
     for _ in range(300):
         model.map_head.train()
-        loss = map_loss(model.map_head(final), targets, weights)
+        fmap = model.map_head(final)
+        loss = map_loss(fmap, targets, weights) + mass_weight * box_mass_loss(fmap, targets, weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,6 +124,22 @@ def test_map_head_learns_to_point_at_a_blob(tmp_path):
         centre += pointing_hit(np.pad(np.ones((1, 1)), ((32, 31), (48, 47))), held.boxes[s.path.name])
     assert hits >= 16, (hits, centre)  # of 20; the image centre hits far fewer
     assert hits > centre + 5
+
+
+def test_box_mass_loss_is_minus_log_of_the_softmax_mass_in_the_boxes():
+    logits = torch.tensor([[[0.0, 1.0], [2.0, -1.0]], [[5.0, 0.0], [0.0, 0.0]], [[3.0, 0.0], [0.0, 0.0]]],
+                          requires_grad=True)
+    share = torch.tensor([[[1.0, 0.5], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]])
+    weights = torch.tensor([1.0, 1.0, 0.0])  # film 2 has no box, film 3 has weight 0: neither counts
+    e = np.exp([0.0, 1.0, 2.0, -1.0])
+    expected = -np.log((1.0 * e[0] + 0.5 * e[1]) / e.sum())
+    loss = box_mass_loss(logits, share, weights)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.all(logits.grad[1:] == 0)
+    assert logits.grad[0, 0, 0] < 0 < logits.grad[0, 1, 0]  # raises the box cell, lowers the cell outside
+    none = torch.zeros(1, 2, 2, requires_grad=True)
+    assert float(box_mass_loss(none, torch.zeros(1, 2, 2), torch.ones(1))) == 0.0
 
 
 def test_export_gives_the_fracture_map_as_pytorch_does():
@@ -322,3 +340,77 @@ def test_choose_fuse_picks_alpha_on_validation_and_rewrites_graph_and_calibratio
     again = subprocess.run([sys.executable, str(script), str(save_artifact(fused, tmp_path / "f.fracdet")), "--data",
                             str(data), "--out", str(tmp_path / "d.fracdet")], capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "--map-fuse 0" in again.stderr and not (tmp_path / "d.fracdet").exists()
+
+
+def _box_map_from_targets(heat: np.ndarray, reg: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    logit = np.where(centre > 0, 5.0, np.where(heat > 0.5, 0.0, -5.0))  # the centre a peak, its neighbours lower
+    return np.concatenate([logit[None], reg]).astype(np.float32)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_centre_targets_decode_back_to_the_box_in_original_pixels(flip):
+    from fracdet.data.boxtargets import centre_targets
+    from fracdet.fracturemap import centre_boxes
+
+    hw, box = (600, 800), (300.0, 100.0, 120.0, 60.0)  # x, y, w, h on an 800-wide, 600-high film
+    heat, reg, centre = centre_targets([box], hw, 384, (24, 24), flip=flip)
+    assert centre.sum() == 1 and heat.max() == 1.0 and heat[centre > 0] == 1.0
+    (got,) = centre_boxes(_box_map_from_targets(heat, reg, centre), 384, hw, threshold=0.5)
+    x0 = 800 - 300 - 120 if flip else 300
+    np.testing.assert_allclose(got[:4], (x0, 100, x0 + 120, 160), atol=0.01)
+    assert got[4] == pytest.approx(1 / (1 + np.exp(-5.0)))
+    # at twice the size (a film read downscaled, boxes wanted at its original size)
+    (big,) = centre_boxes(_box_map_from_targets(heat, reg, centre), 384, hw, out_hw=(1200, 1600), threshold=0.5)
+    np.testing.assert_allclose(big[:4], (2 * x0, 200, 2 * x0 + 240, 320), atol=0.02)
+
+
+def test_centre_boxes_keep_local_maxima_above_the_threshold_best_first():
+    from fracdet.fracturemap import centre_boxes
+
+    out = np.zeros((5, 8, 8), np.float32)
+    out[0] = -6.0
+    out[0, 2, 2], out[0, 2, 3] = 2.0, 1.0  # a peak and its lower neighbour: one box
+    out[0, 6, 6] = 0.5
+    out[0, 6, 1] = -1.0  # below 0.5
+    got = centre_boxes(out, 64, (64, 64), threshold=0.5)
+    assert [round(b[4], 3) for b in got] == [round(1 / (1 + np.exp(-2.0)), 3), round(1 / (1 + np.exp(-0.5)), 3)]
+    assert got[0][:4] == pytest.approx((16.0, 16.0, 24.0, 24.0))  # cell (2, 2) of 8 px, size one cell
+    assert len(centre_boxes(out, 64, (64, 64), threshold=0.1, top_k=1)) == 1
+    assert len(centre_boxes(out, 64, (64, 64), threshold=0.1)) == 3
+    with pytest.raises(ValueError, match="5×h×w"):
+        centre_boxes(out[:4], 64, (64, 64))
+
+
+def test_a_box_head_exports_and_gives_the_predictors_boxes(tmp_path):
+    from fracdet.fracturemap import centre_boxes
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        ref = model.graph_outputs(x)
+    assert ref["box_map"].shape == (2, 5, 8, 8) and model.config["box_width"] == 8
+    got = OnnxRunner(onnx_bytes(model, 128)).run(x.numpy())
+    np.testing.assert_allclose(got["box_map"], ref["box_map"].numpy(), atol=1e-4)
+    with torch.no_grad():
+        model.box_head.out.bias[0] = 2.0  # centres everywhere: the local maxima pass the threshold
+    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
+    art = ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(), preprocess=spec,
+                        model_config=dict(model.config), localisation={"box_threshold": 0.5, "centre_threshold": 0.6})
+    path = save_artifact(art, tmp_path / "boxes.fracdet")
+    film = tmp_path / "film.png"
+    Image.fromarray((xray_array(True, 3, (96, 160)) * 255).astype(np.uint8)).save(film)
+    predictor = Predictor(load_artifact(path))
+    (pred,) = predictor.predict_paths([film])
+    xb = torch.from_numpy(ModelTransform(spec)(np.asarray(Image.open(film), np.float32) / 255.0))[None]
+    with torch.inference_mode():
+        box_map = model.graph_outputs(xb)["box_map"][0].numpy()
+    expected = centre_boxes(box_map, 128, (96, 160), threshold=0.6)
+    assert pred.boxes and len(pred.boxes) == len(expected) <= 5
+    np.testing.assert_allclose(np.array(pred.boxes), np.array(expected), atol=1e-2)
+    with pytest.raises(FracdetError, match="box head"):
+        create_model("efficientnet_lite0", pretrained=False, map_stride=32, box_width=8)
+    with pytest.raises(ArtifactError, match="centre_threshold"):
+        load_artifact(save_artifact(ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(),
+                                                  preprocess=spec, model_config=dict(model.config),
+                                                  localisation={"centre_threshold": 1.5}), tmp_path / "bad.fracdet"))

@@ -5,7 +5,8 @@ The map covers the S×S model input, of which the image fills the letterbox wind
 (:func:`fracdet.transforms.letterbox_window`, the one geometry).  :func:`map_to_image` gives
 the map's probabilities at the original image size; :func:`map_boxes` gives the connected
 regions of cells above a threshold as scored boxes ``(x0, y0, x1, y1, score)`` in original
-pixels (score: the region's peak probability).
+pixels (score: the region's peak probability); :func:`centre_boxes` decodes a box head's output
+(centre logit, offset, log size per cell) into such boxes, for a model that has one.
 """
 
 from __future__ import annotations
@@ -104,15 +105,56 @@ def map_boxes(logits: np.ndarray, input_size: int, image_hw: tuple[int, int],
     return sorted(boxes, key=lambda b: -b[4])
 
 
+CENTRE_TOP_K = 5
+"""At most this many boxes per film from a box head (its best local maxima)."""
+
+
+def centre_boxes(box_map: np.ndarray, input_size: int, image_hw: tuple[int, int],
+                 out_hw: tuple[int, int] | None = None, threshold: float = DEFAULT_BOX_THRESHOLD,
+                 mode: str = "letterbox", top_k: int = CENTRE_TOP_K) -> list[MapBox]:
+    """Boxes of a box head's 5×h×w output (centre logit, offset dy/dx in cells, log height/width
+    in cells): the cells that are 3×3 local maxima of the centre probability and at least
+    ``threshold``, best ``top_k`` first, each box centred at its cell plus offset, in pixels of the
+    original image (``out_hw``, default ``image_hw``; the letterbox was computed on ``image_hw``),
+    clipped to the image, scored by the centre probability."""
+    out = np.asarray(box_map, dtype=np.float64)
+    if out.ndim != 3 or out.shape[0] != 5:
+        raise ValueError(f"a box map is 5×h×w, not {out.shape}")
+    gh, gw = out.shape[1:]
+    heat = apply_calibration(out[0], None)  # σ(z): the centre logits are not calibrated
+    padded = np.pad(heat, 1, constant_values=-1.0)
+    peak = np.max([padded[1 + dr:1 + dr + gh, 1 + dc:1 + dc + gw] for dr in (-1, 0, 1) for dc in (-1, 0, 1)], axis=0)
+    cells = np.argwhere((heat >= peak) & (heat >= threshold))
+    cells = cells[np.argsort(-heat[cells[:, 0], cells[:, 1]], kind="stable")][:top_k]
+    top, left, bottom, right = _window_fraction((gh, gw), input_size, image_hw, mode)
+    out_h, out_w = out_hw or image_hw
+    fy, fx = out_h / max(bottom - top, 1e-9), out_w / max(right - left, 1e-9)
+    boxes: list[MapBox] = []
+    for r, c in cells:
+        dy, dx, log_h, log_w = np.clip(out[1:, r, c], -10.0, 10.0)
+        cy, cx = r + 0.5 + dy, c + 0.5 + dx
+        h, w = math.exp(log_h), math.exp(log_w)
+        x0, x1 = (min(max(cx - w / 2, left), right) - left) * fx, (min(max(cx + w / 2, left), right) - left) * fx
+        y0, y1 = (min(max(cy - h / 2, top), bottom) - top) * fy, (min(max(cy + h / 2, top), bottom) - top) * fy
+        if x1 - x0 < 1e-6 or y1 - y0 < 1e-6:
+            continue  # a box in the letterbox padding alone
+        boxes.append((float(x0), float(y0), float(x1), float(y1), float(heat[r, c])))
+    return boxes
+
+
 def check_localisation(d: Any) -> dict[str, Any]:
-    """A model file's ``localisation`` settings, validated (``box_threshold`` in (0, 1));
-    raises ValueError naming the bad field."""
+    """A model file's ``localisation`` settings, validated (``box_threshold`` for the map's boxes
+    and ``centre_threshold`` for a box head's, each in (0, 1)); raises ValueError naming the bad field."""
     if not isinstance(d, dict):
         raise ValueError("localisation is not a mapping")
-    t = d.get("box_threshold", DEFAULT_BOX_THRESHOLD)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 1.0:
-        raise ValueError(f"localisation box_threshold {t!r} (expected a number in (0, 1))")
-    return {**d, "box_threshold": float(t)}
+    out = dict(d)
+    for key in ("box_threshold", "centre_threshold"):
+        t = d.get(key, DEFAULT_BOX_THRESHOLD)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 1.0:
+            raise ValueError(f"localisation {key} {t!r} (expected a number in (0, 1))")
+        out[key] = float(t)
+    return out
 
 
-__all__ = ["DEFAULT_BOX_THRESHOLD", "MapBox", "REGION_LEVEL", "check_localisation", "map_boxes", "map_to_image", "original_hw", "regions"]
+__all__ = ["CENTRE_TOP_K", "DEFAULT_BOX_THRESHOLD", "MapBox", "REGION_LEVEL", "centre_boxes", "check_localisation",
+           "map_boxes", "map_to_image", "original_hw", "regions"]

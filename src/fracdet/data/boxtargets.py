@@ -48,6 +48,32 @@ def input_mask(boxes: Sequence[Box], image_hw: tuple[int, int], size: int, mode:
     return mask
 
 
+def centre_targets(boxes: Sequence[Box], image_hw: tuple[int, int], size: int, grid: tuple[int, int],
+                   mode: str = "letterbox", flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A box head's targets on an h×w ``grid`` over the S×S input: the centre heatmap (a Gaussian
+    at each box's centre cell, σ a sixth of the box's longer side in cells, at least ½ — CenterNet's
+    rule), per cell (dy, dx, log h, log w) in cells, and a mask of the centre cells (``flip``: the
+    image mirrored left–right)."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    top, left, nh, nw = letterbox_window(h, w, size, mode)
+    gh, gw = int(grid[0]), int(grid[1])
+    sy, sx, stride_y, stride_x = nh / h, nw / w, size / gh, size / gw
+    heat = np.zeros((gh, gw), np.float32)
+    reg = np.zeros((4, gh, gw), np.float32)
+    centre = np.zeros((gh, gw), np.float32)
+    rows, cols = np.mgrid[0:gh, 0:gw]
+    for x, y, bw, bh in boxes:
+        cx = left + (x + bw / 2) * sx
+        cy, cx = (top + (y + bh / 2) * sy) / stride_y, ((size - cx) if flip else cx) / stride_x
+        bh_c, bw_c = max(bh * sy, 1.0) / stride_y, max(bw * sx, 1.0) / stride_x
+        r, c = min(max(int(cy), 0), gh - 1), min(max(int(cx), 0), gw - 1)
+        sigma = max(0.5, max(bh_c, bw_c) / 6)
+        heat = np.maximum(heat, np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma ** 2)).astype(np.float32))
+        reg[:, r, c] = (cy - r - 0.5, cx - c - 0.5, np.log(bh_c), np.log(bw_c))
+        centre[r, c] = 1.0
+    return heat, reg, centre
+
+
 def _image_hw(path: Any) -> tuple[int, int]:
     """(H, W) of an image file from its header (the frame COCO boxes are given in)."""
     try:
@@ -132,4 +158,5 @@ def make_box_loader(samples: Sequence[Any], transform: ModelTransform, boxes: di
                                        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
 
 
-__all__ = ["BoxDataset", "FRACATLAS_BOXES", "collate_boxes", "find_boxes", "input_mask", "make_box_loader"]
+__all__ = ["BoxDataset", "FRACATLAS_BOXES", "centre_targets", "collate_boxes", "find_boxes", "input_mask",
+           "make_box_loader"]

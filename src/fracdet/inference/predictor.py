@@ -28,7 +28,7 @@ import numpy as np
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import apply_calibration
 from fracdet.errors import FracdetError, ImageReadError
-from fracdet.fracturemap import DEFAULT_BOX_THRESHOLD, map_boxes, map_to_image, original_hw
+from fracdet.fracturemap import DEFAULT_BOX_THRESHOLD, centre_boxes, map_boxes, map_to_image, original_hw
 from fracdet.inference.assess import INVERTED_WARNING, WINDOW_KEY, Assessor, Judgement, check_features, invert_prepared
 from fracdet.inference.backends import choose_backend
 from fracdet.inference.onnx import OnnxRunner
@@ -144,13 +144,18 @@ class Predictor:
         maps = outputs.get("fracture_map")
         if maps is None:
             return
-        pre = self.artifact.preprocess
-        t = float(self.artifact.localisation.get("box_threshold", DEFAULT_BOX_THRESHOLD))
-        for pred, x, m in zip(preds, items, maps):
+        pre, settings = self.artifact.preprocess, self.artifact.localisation
+        t = float(settings.get("box_threshold", DEFAULT_BOX_THRESHOLD))
+        box_maps = outputs.get("box_map")
+        for k, (pred, x, m) in enumerate(zip(preds, items, maps)):
             if pred.probability is None:
                 continue
             hw, out_hw = x.pixels.shape[:2], original_hw(x.pixels, x.meta)
-            pred.boxes = map_boxes(m, pre.input_size, hw, out_hw, t, pre.resize)
+            if box_maps is not None:  # a box head: its boxes, not the map's regions
+                pred.boxes = centre_boxes(box_maps[k], pre.input_size, hw, out_hw,
+                                          float(settings.get("centre_threshold", DEFAULT_BOX_THRESHOLD)), pre.resize)
+            else:
+                pred.boxes = map_boxes(m, pre.input_size, hw, out_hw, t, pre.resize)
             if heatmap:
                 pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
 

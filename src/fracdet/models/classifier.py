@@ -75,11 +75,31 @@ class MapHead(nn.Module):
         return self.out(y)[:, 0]
 
 
+class BoxHead(nn.Module):
+    """Centre-point box head (CenterNet-style) on the final map and the stride-16 stage: per
+    stride-16 cell a box-centre logit, the centre's offset (dy, dx) within the cell and the box's
+    log height and width in cells — N×5×h×w (decoded by :func:`fracdet.fracturemap.centre_boxes`)."""
+
+    def __init__(self, channels: int, mid_channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.lat32, self.lat16 = nn.Conv2d(channels, width, 1), nn.Conv2d(mid_channels, width, 1)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(width, 5, 1)
+        with torch.no_grad():
+            self.out.bias[:1].fill_(-4.6)  # a box centre is a rare cell: start near p = 0.01
+
+    def forward(self, final: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.lat32(final), size=tuple(mid.shape[-2:]), mode="nearest")
+        return self.out(self.body(up + self.lat16(mid)))
+
+
 class FracNet(nn.Module):
     """Binary fracture classifier: ``backbone`` → ``pool`` → ``head`` → logits (N,).
 
     ``map_stride`` 8, 16 or 32 adds a :class:`MapHead` (``fracture_map`` output); ``map_fuse`` α
-    makes the image logit ``(1 − α)·head + α·max(map)``."""
+    makes the image logit ``(1 − α)·head + α·max(map)``; ``box_width`` > 0 (with a stride-16 or
+    8 map head) adds a :class:`BoxHead` (``box_map`` output)."""
 
     def __init__(
         self,
@@ -91,12 +111,17 @@ class FracNet(nn.Module):
         map_stride: int = 0,
         map_fuse: float = 0.0,
         map_width: int = 64,
+        box_width: int = 0,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.config: dict[str, Any] = {"head_hidden": head_hidden, "dropout": dropout}
         if map_stride:
             self.config.update(map_stride=map_stride, map_fuse=map_fuse, map_width=map_width)
+        if box_width:
+            if map_stride not in (8, 16):
+                raise FracdetError("a box head needs a stride-16 or stride-8 map head (map_stride 16 or 8)")
+            self.config.update(box_width=int(box_width))
         self.map_stride, self.map_fuse = int(map_stride), float(map_fuse)
         self.num_features = num_features
         self.backbone_frozen = False
@@ -120,6 +145,10 @@ class FracNet(nn.Module):
             self.map_head = MapHead(num_features, chans[0], map_width, chans[1] if len(chans) > 1 else 0)
         elif self.map_stride == 32:
             self.map_head = MapHead(num_features, 0, map_width)
+        self.box_head: BoxHead | None = None
+        if box_width:
+            self.box_head = BoxHead(num_features, int(backbone.feature_info[self._mid_indices[0]]["num_chs"]),  # type: ignore[index]
+                                    int(box_width))
 
     # -- forward -------------------------------------------------------------
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,12 +189,15 @@ class FracNet(nn.Module):
             if self.map_fuse:
                 out["logit"] = (1.0 - self.map_fuse) * out["logit"] + self.map_fuse * fmap.amax(dim=(1, 2))
             out["fracture_map"] = fmap
+        if self.box_head is not None and mid is not None:
+            out["box_map"] = self.box_head(final, mid)
         return out
 
     def graph_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the exported graph returns, by name, the logit first: ``logit`` (N),
         ``features`` (N×C pooled backbone features, e.g. for the out-of-distribution check) and,
-        with a map head, ``fracture_map`` (N×h×w per-cell fracture logits)."""
+        with a map head, ``fracture_map`` (N×h×w per-cell fracture logits); with a box head,
+        ``box_map`` (N×5×h×w: box-centre logit, offset, log size per stride-16 cell)."""
         return self.heads(*self.maps(x))
 
     # -- parameter groups ----------------------------------------------------
@@ -173,8 +205,8 @@ class FracNet(nn.Module):
         return list(self.backbone.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """The image head's parameters and the map head's, when there is one."""
-        extra = list(self.map_head.parameters()) if self.map_head is not None else []
+        """The image head's parameters and the map and box heads', when there are."""
+        extra = [p for h in (self.map_head, self.box_head) if h is not None for p in h.parameters()]
         return list(self.head.parameters()) + extra
 
     # -- freezing ------------------------------------------------------------

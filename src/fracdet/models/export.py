@@ -130,7 +130,7 @@ def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> b
     if check:
         with torch.inference_mode():
             ref = model(x).float().numpy().reshape(-1)
-            maps = model.graph_outputs(x).get("fracture_map") if "fracture_map" in names else None
+            dense = {n: v for n, v in model.graph_outputs(x).items() if n in ("fracture_map", "box_map")}
         import onnxruntime as ort
 
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -138,10 +138,10 @@ def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> b
         diff = float(np.abs(ref - outs["logit"].reshape(-1)).max())
         if diff > PARITY_ATOL:
             raise FracdetError(f"ONNX export does not match PyTorch (max logit difference {diff:.2e})")
-        if maps is not None:
-            map_diff = float(np.abs(maps.float().numpy() - outs["fracture_map"]).max())
+        for name, value in dense.items():
+            map_diff = float(np.abs(value.float().numpy() - outs[name]).max())
             if map_diff > PARITY_ATOL:
-                raise FracdetError(f"ONNX export does not match PyTorch (max fracture-map difference {map_diff:.2e})")
+                raise FracdetError(f"ONNX export does not match PyTorch (max {name} difference {map_diff:.2e})")
         log.info("ONNX export parity: max logit difference %.2e", diff)
     return data
 

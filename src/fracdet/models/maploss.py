@@ -1,4 +1,5 @@
-"""The map head's loss: per-cell BCE (or focal) against box masks reduced to the map's cells."""
+"""The map head's losses: per-cell BCE (or focal) against box masks reduced to the map's cells,
+the box-mass loss that rewards the map for putting its peak inside a box, and a box head's loss."""
 
 from __future__ import annotations
 
@@ -29,4 +30,33 @@ def map_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
     return (per_film * w).sum() / w.sum().clamp_min(1.0)
 
 
-__all__ = ["cell_targets", "map_loss"]
+def box_mass_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """−log of the share of the map's spatial softmax that lies in the boxes (each cell counted by
+    its share inside a box), averaged over the films with weight > 0 and some box in the map; 0 when
+    none.  Per-cell BCE scores every cell alone, so nothing in it asks the maximum to be in the box;
+    this loss does (the "energy" of box-guided training, on the map's own softmax)."""
+    if targets.dim() == 4:
+        targets = cell_targets(targets, tuple(logits.shape[-2:]))
+    flat, share = logits.flatten(1), targets.flatten(1).to(logits.dtype)
+    boxed = (weights > 0) & (share.sum(1) > 0)
+    if not bool(boxed.any()):
+        return logits.sum() * 0.0
+    log_p = F.log_softmax(flat[boxed], dim=1)
+    mass = torch.logsumexp(log_p + torch.log(share[boxed].clamp_min(1e-12)), dim=1)
+    return -mass.mean()
+
+
+def centre_loss(box_map: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, centre: torch.Tensor,
+                reg_weight: float = 1.0) -> torch.Tensor:
+    """A box head's loss (CenterNet): the penalty-reduced focal loss of the centre logits
+    (``box_map[:, 0]``) against Gaussian ``heat`` maps, plus ``reg_weight`` × L1 of offset and
+    log size (``box_map[:, 1:]`` against ``reg``) at the ``centre`` cells; per box centre."""
+    p = torch.sigmoid(box_map[:, 0]).clamp(1e-4, 1 - 1e-4)
+    pos = centre.to(p.dtype)
+    n = pos.sum().clamp_min(1.0)
+    focal = (-torch.log(p) * (1 - p) ** 2 * pos - torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * (1 - pos)).sum() / n
+    m = pos.unsqueeze(1)
+    return focal + reg_weight * (F.l1_loss(box_map[:, 1:] * m, reg * m, reduction="sum") / n)
+
+
+__all__ = ["box_mass_loss", "cell_targets", "centre_loss", "map_loss"]
