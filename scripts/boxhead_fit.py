@@ -3,13 +3,14 @@ model (issue 13): boxes cut from the fracture map stay at validation AP50 ≤ 0.
 has no notion of a box's extent.
 
     .venv/bin/python scripts/boxhead_fit.py [--cache runs/maphead/cache-384.npz] [--epochs 12]
-        [--width 64] [--base MODEL] [--save OUT.fracdet]
+        [--width 64] [--stride 16|8] [--base MODEL] [--save OUT.fracdet]
 
-The head (fracdet.models.classifier.BoxHead, CenterNet-style) works at stride 16 on the cached
-stride-16 and stride-32 maps: per cell a box-centre logit (Gaussian targets around each box's
-centre, penalty-reduced focal loss), the centre's offset within the cell and the box's log size
-(L1 at the centre cells).  Decoding (fracdet.fracturemap.centre_boxes): the 3×3 local maxima of the
-centre map, the best five per film, back to original pixels by the inverse letterbox.
+The head (fracdet.models.classifier.BoxHead, CenterNet-style) works on the cached stride-16 and
+stride-32 maps (``--stride 8``: on the stride-8 map too, from a cache made with ``--fine``): per
+cell a box-centre logit (Gaussian targets around each box's centre, penalty-reduced focal loss),
+the centre's offset within the cell and the box's log size (L1 at the centre cells).  Decoding
+(fracdet.fracturemap.centre_boxes): the 3×3 local maxima of the centre map, the best five per
+film, back to original pixels by the inverse letterbox.
 
 Scored on the validation split only — AP50 and sensitivity at 1 false-positive box per film
 (fracdet.boxmetrics, the figures ``fracdet evaluate --boxes`` reports) with every decoded box, and
@@ -58,6 +59,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--stride", type=int, default=16, choices=(16, 8))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reg-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -75,21 +77,29 @@ def main() -> int:
     from fracdet.models import create_model
     from fracdet.models.maploss import centre_loss
 
-    with np.load(a.cache) as z:
-        cache = {k: z[k] for k in z.files}
+    wanted = {"s32", "s16", "s8"} if a.stride == 8 else {"s32", "s16"}
+    with np.load(a.cache) as z:  # float16 maps → float32 one at a time (the mirrored cache is large)
+        cache = {k: torch.from_numpy(z[k].astype(np.float32)) if k in wanted else z[k]
+                 for k in z.files if k in wanted or k not in ("s8", "s16", "s32")}
     size = int(cache["size"])
     boxes = load_coco_boxes(Path(a.data) / "annotations/fracture_boxes_coco.json")
     base = load_artifact(a.base)
     if int(base.model_config.get("map_stride", 0)) not in (8, 16):
         raise SystemExit(f"{a.base}: a box head needs a model with a stride-16 or 8 map head")
-    model = create_model(base.architecture, pretrained=False, **{**base.model_config, "box_width": a.width})
+    model = create_model(base.architecture, pretrained=False, **{**base.model_config, "box_width": a.width,
+                                                                      "box_stride": a.stride})
     missing, _ = model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in base.state_dict.items()
                                         if not k.startswith("box_head.")}, strict=False)
     assert all(k.startswith("box_head.") for k in missing), missing
     head = model.box_head
-    s16 = torch.from_numpy(cache["s16"].astype(np.float32))
-    s32 = torch.from_numpy(cache["s32"].astype(np.float32))
-    grid = tuple(int(v) for v in s16.shape[-2:])
+    s16, s32 = cache["s16"], cache["s32"]
+    s8 = cache.get("s8")
+    finest = s16 if s8 is None else s8
+    grid = tuple(int(v) for v in finest.shape[-2:])
+
+    def run(j: np.ndarray) -> torch.Tensor:
+        return head(s32[j], s16[j], None if s8 is None else s8[j])
+
     train = np.nonzero(cache["split"] == "train")[0]
     val = np.nonzero((cache["split"] == "val") & ~cache["flip"])[0]
     heat, reg, centre = box_targets(cache, boxes, size, grid, train)
@@ -104,7 +114,7 @@ def main() -> int:
         total = 0.0
         for i in range(0, len(perm), a.batch_size):
             j = perm[i:i + a.batch_size]
-            loss = centre_loss(head(s32[train[j]], s16[train[j]]), heat[j], reg[j], centre[j], a.reg_weight)
+            loss = centre_loss(run(train[j]), heat[j], reg[j], centre[j], a.reg_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -114,7 +124,7 @@ def main() -> int:
     train_s = time.perf_counter() - t0
     head.eval()
     with torch.inference_mode():
-        outs = np.concatenate([head(s32[val[i:i + 128]], s16[val[i:i + 128]]).numpy() for i in range(0, len(val), 128)])
+        outs = np.concatenate([run(val[i:i + 128]).numpy() for i in range(0, len(val), 128)])
     hws = [tuple(int(v) for v in cache["hw"][i]) for i in val]
     truths = [(boxes.get(Path(str(cache["path"][i])).name) or []) if cache["label"][i] else [] for i in val]
 
@@ -130,8 +140,8 @@ def main() -> int:
         table[f"{t:g}"] = {**{k: round(float(v), 4) for k, v in s.items()},
                            "boxes_per_film": round(sum(map(len, preds)) / len(preds), 3)}
     threshold = max(THRESHOLDS, key=lambda t: table[f"{t:g}"]["f1"])
-    summary.update(name=a.name or f"centre-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{Path(a.cache).stem}",
-                   epochs=a.epochs, width=a.width, reg_weight=a.reg_weight, lr=a.lr, cache=Path(a.cache).name,
+    summary.update(name=a.name or f"centre-s{a.stride}-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{Path(a.cache).stem}",
+                   epochs=a.epochs, width=a.width, stride=a.stride, reg_weight=a.reg_weight, lr=a.lr, cache=Path(a.cache).name,
                    train_seconds=round(train_s, 1), centre_threshold=threshold, thresholds=table)
     with open(ROOT / "runs/maphead/boxhead.jsonl", "a") as f:
         f.write(json.dumps(summary) + "\n")

@@ -408,9 +408,31 @@ def test_a_box_head_exports_and_gives_the_predictors_boxes(tmp_path):
     expected = centre_boxes(box_map, 128, (96, 160), threshold=0.6)
     assert pred.boxes and len(pred.boxes) == len(expected) <= 5
     np.testing.assert_allclose(np.array(pred.boxes), np.array(expected), atol=1e-2)
+    from fracdet.modelcard import render_model_card
+
+    card = render_model_card(load_artifact(path))
+    assert "box head (CenterNet-style, stride 16, width 8" in card and "centre threshold 0.6" in card
+    assert "its region boxes" in card and "are not used: the model has a box head" in card
     with pytest.raises(FracdetError, match="box head"):
         create_model("efficientnet_lite0", pretrained=False, map_stride=32, box_width=8)
     with pytest.raises(ArtifactError, match="centre_threshold"):
         load_artifact(save_artifact(ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(),
                                                   preprocess=spec, model_config=dict(model.config),
                                                   localisation={"centre_threshold": 1.5}), tmp_path / "bad.fracdet"))
+
+
+def test_a_stride_8_box_head_beside_a_stride_16_map_head():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8,
+                         box_stride=8).eval()
+    plain = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16).eval()
+    assert set(plain.state_dict()) < set(model.state_dict())  # the map head is the stride-16 one it was
+    assert not any(k.startswith("map_head.fine.") for k in model.state_dict())
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        ref = model.graph_outputs(x)
+    assert ref["fracture_map"].shape == (2, 8, 8) and ref["box_map"].shape == (2, 5, 16, 16)
+    got = OnnxRunner(onnx_bytes(model, 128)).run(x.numpy())
+    np.testing.assert_allclose(got["box_map"], ref["box_map"].numpy(), atol=1e-4)
+    with pytest.raises(FracdetError, match="box_stride"):
+        create_model("efficientnet_lite0", pretrained=False, map_stride=16, box_width=8, box_stride=32)

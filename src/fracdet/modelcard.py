@@ -235,6 +235,18 @@ def _localisation_lines(art: ModelArtifact) -> list[str]:
              f"{art.localisation.get('chosen_on', 'validation')})",
              f"- the image logit blends in the map's maximum: (1 − α)·image head + α·max(map), α = {alpha:.2f}"
              " (chosen on validation)"]
+    if cfg.get("box_width"):
+        box = (art.training.get("box_head") or {}) if isinstance(art.training, dict) else {}
+        lines[1] = lines[1].replace("mapped back onto the original image as the heatmap and as scored boxes",
+                                    "mapped back onto the original image as the heatmap; its region boxes")
+        lines[1] += " are not used: the model has a box head"
+        lines.append(f"- a box head (CenterNet-style, stride {cfg.get('box_stride', 16)}, width {cfg['box_width']}; the "
+                     "graph's `box_map` output: per cell a box-centre logit, the centre's offset and the box's log size) "
+                     "gives the boxes: the centre map's local maxima at or above the centre threshold "
+                     f"{_fmt(float(art.localisation.get('centre_threshold', float('nan'))))} (chosen on validation by "
+                     "box F1 at IoU 0.5), at most five per film, scored by the centre probability; trained "
+                     f"{box.get('epochs', '?')} epochs on the training split's cached backbone maps (mirrored films "
+                     f"too), seed {box.get('seed', '?')}, with the backbone and the other heads frozen")
     splits = [(s, (art.metrics.get(s) or {}).get("localisation")) for s in ("val", "test")]
     splits = [(s, loc) for s, loc in splits if isinstance(loc, dict)]
     if not splits:

@@ -76,22 +76,26 @@ class MapHead(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """Centre-point box head (CenterNet-style) on the final map and the stride-16 stage: per
-    stride-16 cell a box-centre logit, the centre's offset (dy, dx) within the cell and the box's
-    log height and width in cells — N×5×h×w (decoded by :func:`fracdet.fracturemap.centre_boxes`)."""
+    """Centre-point box head (CenterNet-style) on the final map and the stride-16 stage (and the
+    stride-8 one when ``fine_channels``, FPN-like): per cell of the finest grid a box-centre logit,
+    the centre's offset (dy, dx) within the cell and the box's log height and width in cells —
+    N×5×h×w (decoded by :func:`fracdet.fracturemap.centre_boxes`)."""
 
-    def __init__(self, channels: int, mid_channels: int, width: int = 64) -> None:
+    def __init__(self, channels: int, mid_channels: int, width: int = 64, fine_channels: int = 0) -> None:
         super().__init__()
         self.lat32, self.lat16 = nn.Conv2d(channels, width, 1), nn.Conv2d(mid_channels, width, 1)
+        self.lat8 = nn.Conv2d(fine_channels, width, 1) if fine_channels else None
         self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
         self.out = nn.Conv2d(width, 5, 1)
         with torch.no_grad():
             self.out.bias[:1].fill_(-4.6)  # a box centre is a rare cell: start near p = 0.01
 
-    def forward(self, final: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(self.lat32(final), size=tuple(mid.shape[-2:]), mode="nearest")
-        return self.out(self.body(up + self.lat16(mid)))
+    def forward(self, final: torch.Tensor, mid: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.interpolate(self.lat32(final), size=tuple(mid.shape[-2:]), mode="nearest") + self.lat16(mid)
+        if self.lat8 is not None and fine is not None:
+            y = F.interpolate(y, size=tuple(fine.shape[-2:]), mode="nearest") + self.lat8(fine)
+        return self.out(self.body(y))
 
 
 class FracNet(nn.Module):
@@ -99,7 +103,7 @@ class FracNet(nn.Module):
 
     ``map_stride`` 8, 16 or 32 adds a :class:`MapHead` (``fracture_map`` output); ``map_fuse`` α
     makes the image logit ``(1 − α)·head + α·max(map)``; ``box_width`` > 0 (with a stride-16 or
-    8 map head) adds a :class:`BoxHead` (``box_map`` output)."""
+    8 map head) adds a :class:`BoxHead` (``box_map`` output) at ``box_stride`` 16 or 8."""
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class FracNet(nn.Module):
         map_fuse: float = 0.0,
         map_width: int = 64,
         box_width: int = 0,
+        box_stride: int = 16,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -121,7 +126,9 @@ class FracNet(nn.Module):
         if box_width:
             if map_stride not in (8, 16):
                 raise FracdetError("a box head needs a stride-16 or stride-8 map head (map_stride 16 or 8)")
-            self.config.update(box_width=int(box_width))
+            if box_stride not in (8, 16):
+                raise FracdetError(f"box_stride {box_stride!r}: a box head works at stride 16 or 8")
+            self.config.update(box_width=int(box_width), box_stride=int(box_stride))
         self.map_stride, self.map_fuse = int(map_stride), float(map_fuse)
         self.num_features = num_features
         self.backbone_frozen = False
@@ -140,15 +147,16 @@ class FracNet(nn.Module):
         self.map_head: MapHead | None = None
         self._mid_indices: tuple[int, ...] = ()  # the stride-16 stage, then the stride-8 one
         if self.map_stride in (8, 16):
-            self._mid_indices = tuple(mid_stage_index(backbone, r) for r in (16, 8) if r >= self.map_stride)
+            finest = min(self.map_stride, int(box_stride) if box_width else 16)
+            self._mid_indices = tuple(mid_stage_index(backbone, r) for r in (16, 8) if r >= finest)
             chans = [int(backbone.feature_info[i]["num_chs"]) for i in self._mid_indices]  # type: ignore[index]
-            self.map_head = MapHead(num_features, chans[0], map_width, chans[1] if len(chans) > 1 else 0)
+            self.map_head = MapHead(num_features, chans[0], map_width,
+                                    chans[1] if len(chans) > 1 and self.map_stride == 8 else 0)
         elif self.map_stride == 32:
             self.map_head = MapHead(num_features, 0, map_width)
         self.box_head: BoxHead | None = None
         if box_width:
-            self.box_head = BoxHead(num_features, int(backbone.feature_info[self._mid_indices[0]]["num_chs"]),  # type: ignore[index]
-                                    int(box_width))
+            self.box_head = BoxHead(num_features, chans[0], int(box_width), chans[1] if box_stride == 8 else 0)
 
     # -- forward -------------------------------------------------------------
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +198,7 @@ class FracNet(nn.Module):
                 out["logit"] = (1.0 - self.map_fuse) * out["logit"] + self.map_fuse * fmap.amax(dim=(1, 2))
             out["fracture_map"] = fmap
         if self.box_head is not None and mid is not None:
-            out["box_map"] = self.box_head(final, mid)
+            out["box_map"] = self.box_head(final, mid, fine)
         return out
 
     def graph_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

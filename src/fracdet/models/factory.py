@@ -22,6 +22,7 @@ def create_model(
     map_fuse: float = 0.0,
     map_width: int = 64,
     box_width: int = 0,
+    box_stride: int = 16,
 ) -> FracNet:
     """Build a :class:`FracNet` for ``name``; with ``pretrained`` load weights offline.
 
@@ -40,7 +41,8 @@ def create_model(
         raise FracdetError(f"invalid box head: box_width={box_width!r} (0 to 1024)")
     backbone, num_features = build_backbone(spec)
     model = FracNet(backbone, num_features, spec, head_hidden=head_hidden, dropout=dropout,
-                    map_stride=int(map_stride), map_fuse=float(map_fuse), map_width=map_width, box_width=box_width)
+                    map_stride=int(map_stride), map_fuse=float(map_fuse), map_width=map_width, box_width=box_width,
+                    box_stride=box_stride)
     if pretrained or weights_path is not None:
         model.weights_source = load_pretrained(model, spec, weights_path)
     logger.info("created %s (%s)", name, model.weights_source)
