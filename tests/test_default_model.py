@@ -33,7 +33,7 @@ def test_default_model_ships_and_describes_itself():
     assert "once" in art.metrics["test"]["evaluated"]
 
 
-def test_default_model_graphs_give_the_features_and_the_fracture_map():
+def test_default_model_graphs_give_the_features_the_fracture_map_and_the_box_map():
     from fracdet.inference.onnx import OnnxRunner
 
     art = load_artifact()
@@ -41,7 +41,8 @@ def test_default_model_graphs_give_the_features_and_the_fracture_map():
     graphs = [art.float32_graph()] + ([art.int8_onnx] if art.int8_onnx else [])
     for graph in graphs:
         names = OnnxRunner(graph, threads=1).output_names
-        assert "features" in names and "fracture_map" in names, names
+        assert "features" in names and "fracture_map" in names and "box_map" in names, names
+    assert art.model_config["box_stride"] == 8 and 0 < art.localisation["centre_threshold"] < 1
 
 
 def test_default_model_predicts_the_samples():
@@ -49,7 +50,8 @@ def test_default_model_predicts_the_samples():
     rows = list(model.predict_paths([SAMPLES]))
     assert len(rows) == 8 and all(r.ok for r in rows)
     assert all(0.0 <= r.probability <= 1.0 for r in rows)
-    assert all(isinstance(r.boxes, list) for r in rows)  # the map head's boxes (often none: see the model card)
+    assert all(isinstance(r.boxes, list) and len(r.boxes) <= 5 for r in rows)  # the box head's (often none)
+    assert all(0.4 <= b[4] <= 1.0 and 0 <= b[0] < b[2] and 0 <= b[1] < b[3] for r in rows for b in r.boxes)
     # folder names are FracAtlas' labels: fractured samples must score higher on average
     frac = [r.probability for r in rows if "/fractured/" in r.path]
     normal = [r.probability for r in rows if "/not_fractured/" in r.path]

@@ -226,18 +226,34 @@ def _shown_path(r: Any) -> str:
     return escape(str(r.path))
 
 
+def _box_cell(boxes: Sequence[Sequence[float]] | None) -> str:
+    """The best box in the table: ``x0,y0–x1,y1 (score)`` in original pixels, ``+k`` for the others."""
+    if not boxes:
+        return ""
+    x0, y0, x1, y1, score = boxes[0][:5]
+    more = f" +{len(boxes) - 1}" if len(boxes) > 1 else ""
+    return f"{x0:.0f},{y0:.0f}–{x1:.0f},{y1:.0f} ({score:.2f}){more}"
+
+
 def _print_predictions(rows: Sequence[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("path", "probability", "label", "verdict", "threshold", "error / reason")
+    with_boxes = any(r.boxes is not None for r in rows)  # a model with a map or box head
+    table = Table("path", "probability", "label", "verdict", "threshold", *(["boxes"] if with_boxes else []),
+                  "error / reason")
     table.columns[0].overflow = "fold"
+    if with_boxes:
+        table.columns[5].no_wrap = True
     for r in rows:
         prob = f"{r.probability:.3f}" if r.probability is not None else ""
         style = "red" if not r.ok else ("bold" if r.label == "fractured" else "")
-        table.add_row(_shown_path(r), prob, r.label or "", r.verdict or "", f"{r.threshold:.3f}",
+        boxes = [_box_cell(r.boxes)] if with_boxes else []
+        table.add_row(_shown_path(r), prob, r.label or "", r.verdict or "", f"{r.threshold:.3f}", *boxes,
                       r.error or r.reason or r.warning or "", style=style)
-    Console(width=max(120, len(max((_shown_path(r) for r in rows), key=len, default="")) + 60)).print(table)
+    longest = len(max((_shown_path(r) for r in rows), key=len, default=""))
+    table.columns[0].min_width = min(longest, 100)
+    Console(width=max(120, longest + 60 + (36 if with_boxes else 0))).print(table)
 
 
 def _print_studies(studies: Sequence[Any]) -> None:

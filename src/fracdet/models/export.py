@@ -130,7 +130,8 @@ def onnx_bytes(model: torch.nn.Module, input_size: int, check: bool = True) -> b
     if check:
         with torch.inference_mode():
             ref = model(x).float().numpy().reshape(-1)
-            dense = {n: v for n, v in model.graph_outputs(x).items() if n in ("fracture_map", "box_map")}
+            wanted = [n for n in ("fracture_map", "box_map") if n in names]
+            dense = {n: v for n, v in model.graph_outputs(x).items() if n in wanted} if wanted else {}
         import onnxruntime as ort
 
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
