@@ -97,6 +97,7 @@ def test_predict_one_and_several_images(client, predictor):
     p = preds[0]
     assert p["probability"] == pytest.approx(direct.probability, abs=1e-5)
     assert p["label"] == direct.label and p["verdict"] == direct.verdict
+    assert p["boxes"] and p["boxes"] == [pytest.approx(list(b), abs=1e-3) for b in direct.boxes]  # its box head's
     assert p["thresholds"] == {"label": pytest.approx(predictor.threshold),
                                "doubt": pytest.approx(predictor.doubt_threshold),
                                "fracture": pytest.approx(predictor.fracture_threshold)}

@@ -4,8 +4,9 @@
 Routes (all but ``/v1/health`` need the ``X-API-Key`` header when a key is set):
 
 - ``POST /v1/predict`` — one or more files as multipart field ``files`` (JPEG, PNG, TIFF, BMP,
-  DICOM); per image: probability, label, verdict, thresholds, model name + SHA-256, DICOM UIDs,
-  the record id; a study verdict when several views share a StudyInstanceUID;
+  DICOM); per image: probability, label, verdict, thresholds, the model's fracture boxes
+  (``[x0, y0, x1, y1, score]`` in original pixels; null for a model without a map or box head),
+  model name + SHA-256, DICOM UIDs, the record id; a study verdict when several views share a StudyInstanceUID;
   ``?heatmap=true`` adds the overlay PNG (base64; needs PyTorch) and ``heatmap_box``, where the
   heatmap points (x, y, width, height in the image's pixels; derived, not a detected fracture).
 - ``GET /v1/health`` — liveness; ``GET /v1/model`` — the model card's facts;
@@ -230,6 +231,7 @@ class _Service:
                 "id": rid, "file": up.name, "input_sha256": up.sha256, "probability": pred.probability,
                 "label": pred.label, "verdict": pred.verdict, "reason": pred.reason, "warning": pred.warning,
                 "thresholds": self.thresholds, "model": self.model,
+                "boxes": [[round(float(v), 4) for v in b] for b in pred.boxes] if pred.boxes is not None else None,
                 "dicom": ({**dicom, "frame": pred.meta.get("frame")} if up.kind == "dicom" else None),
             }
             if png is not None:
