@@ -33,7 +33,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("boxhead_fit")
-THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 def box_targets(cache: dict, boxes: dict, size: int, grid: tuple[int, int], idx: np.ndarray) -> list[torch.Tensor]:
@@ -72,7 +71,7 @@ def main() -> int:
     from fracdet.artifact import load_artifact
     from fracdet.boxmetrics import detection_summary, xywh_to_corners
     from fracdet.calibration import apply_calibration
-    from fracdet.boxtraining import box_scores
+    from fracdet.boxtraining import choose_centre_threshold
     from fracdet.fracturemap import centre_boxes
     from fracdet.localisation import load_coco_boxes
     from fracdet.models import create_model
@@ -129,10 +128,7 @@ def main() -> int:
     hws = [tuple(int(v) for v in cache["hw"][i]) for i in val]
     truths = [(boxes.get(Path(str(cache["path"][i])).name) or []) if cache["label"][i] else [] for i in val]
 
-    def decoded(t: float) -> list[list[tuple]]:
-        return [centre_boxes(o, size, hw, threshold=t) for o, hw in zip(outs, hws)]
-
-    every = decoded(1e-6)
+    every = [centre_boxes(o, size, hw, threshold=1e-6) for o, hw in zip(outs, hws)]
     summary = detection_summary(every, [xywh_to_corners(t) for t in truths])
     with torch.inference_mode():  # the film's calibrated probability, as the predictor gives it
         logits = np.concatenate([model.heads(s32[val[i:i + 128]], s16[val[i:i + 128]])["logit"].numpy()
@@ -140,13 +136,8 @@ def main() -> int:
     prob = apply_calibration(logits, base.calibration_in_use())
     rescored = [[(*b[:4], b[4] * p) for b in film] for film, p in zip(every, prob)]
     summary["by_centre_times_probability"] = detection_summary(rescored, [xywh_to_corners(t) for t in truths])
-    table = {}
-    for t in THRESHOLDS:
-        preds = decoded(t)
-        s = box_scores(preds, truths)
-        table[f"{t:g}"] = {**{k: round(float(v), 4) for k, v in s.items()},
-                           "boxes_per_film": round(sum(map(len, preds)) / len(preds), 3)}
-    threshold = max(THRESHOLDS, key=lambda t: table[f"{t:g}"]["f1"])
+    chosen = choose_centre_threshold(list(outs), hws, truths, size)
+    threshold, table = chosen["centre_threshold"], chosen["val_centre_boxes"]
     summary.update(name=a.name or f"centre-s{a.stride}-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{Path(a.cache).stem}",
                    epochs=a.epochs, width=a.width, stride=a.stride, reg_weight=a.reg_weight, lr=a.lr, cache=Path(a.cache).name,
                    train_seconds=round(train_s, 1), centre_threshold=threshold, thresholds=table)

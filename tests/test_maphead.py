@@ -85,7 +85,7 @@ def test_box_mask_moves_with_the_image_under_augmentation():
         img, box = _blob_film(rng)
         prepared = ModelTransform(SPEC).prepare(img)
         mask = input_mask([box], img.shape, 64)
-        x, m = transform.finish_pair(prepared, mask)
+        x, m, _ = transform.finish_pair(prepared, mask)
         bright = x[0] * 0.25 + 0.5 > 0.6  # back to [0, 1]
         assert bright.any() and m.any()
         inside = m[0][bright].mean()
@@ -436,3 +436,64 @@ def test_a_stride_8_box_head_beside_a_stride_16_map_head():
     np.testing.assert_allclose(got["box_map"], ref["box_map"].numpy(), atol=1e-4)
     with pytest.raises(FracdetError, match="box_stride"):
         create_model("efficientnet_lite0", pretrained=False, map_stride=16, box_width=8, box_stride=32)
+
+
+def test_box_head_targets_follow_the_boxes_moved_with_the_image(tmp_path):
+    """Training a box head end to end: each film's boxes move with the same draw as the image and
+    its mask, and the centre targets sit where the moved box is (without augmentation: exactly
+    the targets of the boxes' letterboxed position)."""
+    from fracdet.data.boxtargets import centre_targets
+
+    rng = np.random.default_rng(3)
+    films = _Films(tmp_path, 16, 3)
+    still = BoxDataset(films.samples, ModelTransform(SPEC), films.boxes, box_grid=(8, 8))
+    for i in range(4):
+        *_, heat, reg, centre = still[i]
+        want = centre_targets(films.boxes[films.samples[i].path.name], (64, 96), 64, (8, 8))
+        for got, ref in zip((heat, reg, centre), want):
+            np.testing.assert_allclose(got.numpy(), ref, atol=1e-6)
+    aug = AugmentConfig(rotation=20, translate=0.15, zoom=0.15, hflip=True, brightness=0, contrast=0,
+                        blur_p=0, erasing_p=0, noise=0)
+    moving = BoxDataset(films.samples, TrainTransform(SPEC, aug), films.boxes, box_grid=(8, 8))
+    batch = collate_boxes([moving[(int(rng.integers(1 << 30)), i)] for i in range(len(films.samples))])
+    assert len(batch) == 8 and batch[5].shape == (16, 8, 8) and batch[6].shape == (16, 4, 8, 8)
+    inside = 0
+    for mask, heat, centre in zip(batch[3], batch[5], batch[7]):
+        if not mask.any():
+            assert not centre.any()  # moved off the input with its box
+            continue
+        (r, c), = np.argwhere(centre.numpy() > 0)
+        assert heat[r, c] == 1.0
+        inside += bool(mask[0, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8].any())  # the centre cell touches the mask
+    assert inside >= 14
+
+
+def test_train_with_a_box_head_learns_boxes_and_chooses_its_centre_threshold(tmp_path):
+    from fracdet.cli import main
+
+    rng = np.random.default_rng(6)
+    images, annotations = [], []
+    for label, name in enumerate(("not_fractured", "fractured")):
+        for i in range(12):
+            img, box = _blob_film(rng) if label else (np.clip(rng.normal(0.15, 0.03, (64, 96)), 0, 1), None)
+            path = tmp_path / "data" / name / f"{name}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(path)
+            images.append({"id": len(images) + 1, "file_name": path.name, "width": 96, "height": 64})
+            if box:
+                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "bbox": list(box)})
+    coco = tmp_path / "boxes.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations}))
+    common = ["train", str(tmp_path / "data"), "--model", "efficientnet_lite0", "--no-pretrained", "--input-size",
+              "64", "--epochs1", "1", "--epochs2", "1", "--batch-size", "8", "--head-hidden", "8", "--no-int8",
+              "--accelerator", "cpu", "--devices", "1", "--no-progress", "--boxes", str(coco)]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--box-weight", "1"]) != 0  # no map head asked
+    assert not (tmp_path / "bad" / "model.fracdet").exists()
+    rc = main([*common, "--out", str(tmp_path / "run"), "--map-weight", "1", "--box-weight", "1", "--box-stride", "8"])
+    assert rc == 0
+    art = load_artifact(tmp_path / "run" / "model.fracdet")
+    assert art.model_config["box_width"] == 64 and art.model_config["box_stride"] == 8
+    assert 0 < art.localisation["centre_threshold"] < 1 and "validation" in art.localisation["centre_threshold_chosen_on"]
+    assert "map50" in art.metrics["localisation"]["val_box_head"]
+    [pred] = list(Predictor(art).predict_paths([tmp_path / "data" / "fractured" / "fractured_0.png"]))
+    assert pred.boxes is not None and len(pred.boxes) <= 5

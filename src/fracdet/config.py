@@ -57,6 +57,8 @@ class TrainConfig:
     boxes: str = "auto"  # COCO box file; auto: DATA/annotations/fracture_boxes_coco.json (FracAtlas)
     map_stride: int = 0  # 8, 16 or 32; 0: 16 where the backbone has a stride-16 stage, else 32
     map_fuse: float = 0.0  # image logit = (1 − α)·head + α·max(map)
+    box_weight: float = 0.0  # λ of a box head's centre loss (CenterNet) beside them (0 = no box head)
+    box_stride: int = 16  # 16, or 8 (adds the stride-8 stage); needs a stride-16 or 8 map head
     # lightning pass-through
     accelerator: str = "auto"
     devices: str = "auto"
@@ -79,6 +81,12 @@ class TrainConfig:
             raise FracdetError(f"--unfreeze-from: unknown stage {self.unfreeze_from!r} for {spec.name}; "
                                f"stages: {', '.join(spec.stages)}")
         _check_accelerator(str(self.accelerator))
+        if self.box_weight < 0 or self.box_stride not in (8, 16):
+            raise FracdetError(f"--box-weight {self.box_weight:g} / --box-stride {self.box_stride}: "
+                               "the weight must be ≥ 0 and the stride 8 or 16")
+        if self.box_weight > 0 and (self.map_weight <= 0 or self.map_stride == 32):
+            raise FracdetError("--box-weight needs a map head at stride 16 or 8: give --map-weight too "
+                               "(and --map-stride 16 or 8)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

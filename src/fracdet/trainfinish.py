@@ -92,7 +92,8 @@ def finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir
               **getattr(ds, "audit_summary", {})},
         metrics=metrics,
         split_csv=split_manifest(ds),
-        localisation={k: v for k, v in localisation.items() if k in ("box_threshold", "chosen_on")},
+        localisation={k: v for k, v in localisation.items()
+                      if k in ("box_threshold", "chosen_on", "centre_threshold", "centre_threshold_chosen_on")},
     )
     artifact_path = save_artifact(art, run_dir / "model.fracdet")
     art = add_ood(artifact_path, ds)

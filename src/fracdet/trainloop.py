@@ -57,12 +57,17 @@ class FractureModule(L.LightningModule):
         x, y = batch[0], batch[1]
         if len(x) == 0:
             return None
-        if len(batch) == 5 and self.model.map_head is not None:  # box masks: + λ · map loss
-            from fracdet.models.maploss import map_loss
+        if len(batch) >= 5 and self.model.map_head is not None:  # box masks: + λ · map loss
+            from fracdet.models.maploss import centre_loss, map_loss
 
             out = self.model.graph_outputs(x.contiguous(memory_format=torch.channels_last))
             logits = out["logit"]
             loss = self._loss(logits, y) + self.cfg.map_weight * map_loss(out["fracture_map"], batch[3], batch[4])
+            if len(batch) == 8 and "box_map" in out:  # + λ_box · centre loss, films with a box target only
+                keep = batch[4] > 0
+                if bool(keep.any()):
+                    loss = loss + self.cfg.box_weight * centre_loss(out["box_map"][keep], batch[5][keep],
+                                                                    batch[6][keep], batch[7][keep])
         else:
             logits = self(x)
             loss = self._loss(logits, y)

@@ -62,6 +62,11 @@ def add_train(sub: Any) -> None:
     p.add_argument("--map-stride", type=int, choices=[8, 16, 32],
                    help="map head resolution (default 16 where possible; 8 adds the stride-8 stage)")
     p.add_argument("--map-fuse", type=float, help="image logit = (1 - a)·head + a·max(map) (default 0)")
+    p.add_argument("--box-weight", type=float,
+                   help="also learn fracture boxes: λ of a box head's centre loss (CenterNet) beside the map "
+                        "loss (0 = off; needs --map-weight)")
+    p.add_argument("--box-stride", type=int, choices=[8, 16], help="box head resolution (default 16; 8 adds the "
+                                                                      "stride-8 stage)")
     p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
     p.add_argument("--num-nodes", type=int)
@@ -143,7 +148,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
                  "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
                  "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
                  "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights",
-                 "map_weight", "boxes", "map_stride", "map_fuse", "calibration"):
+                 "map_weight", "boxes", "map_stride", "map_fuse", "box_weight", "box_stride", "calibration"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     for flag, field, value in (("no_pretrained", "pretrained", False), ("resplit", "resplit", True),

@@ -65,20 +65,27 @@ def augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     return apply
 
 
-def pair_augmenter(aug: AugmentConfig) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, Any]]:
-    """``f(image, mask)``: the augmentation of :func:`augmenter` on a 1×S×S image, with the same
-    geometric draw applied to a 1×S×S box mask (nearest neighbour; None: image alone)."""
+def pair_augmenter(aug: AugmentConfig) -> Callable[..., tuple[torch.Tensor, Any, Any]]:
+    """``f(image, mask, boxes=None)``: the augmentation of :func:`augmenter` on a 1×S×S image,
+    with the same geometric draw applied to a 1×S×S box mask (nearest neighbour; None: image
+    alone) and to K×4 boxes (x0, y0, x1, y1 in input pixels; the bounding box of each moved box,
+    clipped to the input); returns ``(image, mask, boxes)``."""
     geometric, photometric = _geometric(aug), _photometric(aug)
     erase = v2.RandomErasing(p=aug.erasing_p, value=0.0) if aug.erasing_p > 0 else None
 
-    def apply(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        if mask is None:
-            x = geometric(x)
-        else:
-            x, mask = geometric(x, tv_tensors.Mask(mask))
-            mask = mask.as_subclass(torch.Tensor)
+    def apply(x: torch.Tensor, mask: torch.Tensor | None,
+              boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, Any, Any]:
+        extra: list[Any] = []
+        if mask is not None:
+            extra.append(tv_tensors.Mask(mask))
+        if boxes is not None:
+            extra.append(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(x.shape[-2:])))
+        moved = geometric(x, *extra) if extra else (geometric(x),)
+        x = moved[0]
+        mask = moved[1].as_subclass(torch.Tensor) if mask is not None else None
+        boxes = moved[-1].as_subclass(torch.Tensor) if boxes is not None else None
         x = photometric(x).clamp_(0.0, 1.0)
-        return (erase(x) if erase is not None else x), mask
+        return (erase(x) if erase is not None else x), mask, boxes
 
     return apply
 
@@ -96,10 +103,13 @@ class TrainTransform(ModelTransform):
     def finish(self, x: np.ndarray) -> np.ndarray:
         return super().finish(self.augmenter(torch.from_numpy(np.array(x, dtype=np.float32))).numpy())
 
-    def finish_pair(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`finish` of a prepared image and the same geometric change of its 1×S×S box mask."""
-        img, m = self.pair_augmenter(torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(mask))
-        return super().finish(img.numpy()), m.numpy()
+    def finish_pair(self, x: np.ndarray, mask: np.ndarray,
+                    boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`finish` of a prepared image and the same geometric change of its 1×S×S box mask
+        and of its K×4 input-pixel boxes (x0, y0, x1, y1; None: none asked)."""
+        img, m, b = self.pair_augmenter(torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(mask),
+                                        None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32))
+        return super().finish(img.numpy()), m.numpy(), None if b is None else b.numpy()
 
     def finish_batch(self, prepared: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
         return np.stack([self.finish(p) for p in prepared])
