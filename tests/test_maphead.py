@@ -41,6 +41,23 @@ def _blob_film(rng: np.random.Generator, h: int = 64, w: int = 96, side: int = 2
     return np.clip(img, 0, 1), (float(x), float(y), float(side), float(side))
 
 
+def _blob_folder(tmp_path: Path, rng: np.random.Generator, n: int) -> Path:
+    """``tmp_path/data``: n blob films (fractured, one COCO box each) and n plain ones; the COCO file."""
+    images, annotations = [], []
+    for label, name in enumerate(("not_fractured", "fractured")):
+        for i in range(n):
+            img, box = _blob_film(rng) if label else (np.clip(rng.normal(0.15, 0.03, (64, 96)), 0, 1), None)
+            path = tmp_path / "data" / name / f"{name}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(path)
+            images.append({"id": len(images) + 1, "file_name": path.name, "width": 96, "height": 64})
+            if box:
+                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "bbox": list(box)})
+    coco = tmp_path / "boxes.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return coco
+
+
 class _Films:
     def __init__(self, folder: Path, n: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -261,19 +278,7 @@ def test_rows_without_boxes_keep_their_columns_beside_rows_with_boxes(tmp_path):
 def test_train_with_boxes_records_the_map_head_and_its_threshold(tmp_path):
     from fracdet.cli import main
 
-    rng = np.random.default_rng(5)
-    images, annotations = [], []
-    for label, name in enumerate(("not_fractured", "fractured")):
-        for i in range(14):
-            img, box = _blob_film(rng) if label else (np.clip(rng.normal(0.15, 0.03, (64, 96)), 0, 1), None)
-            path = tmp_path / "data" / name / f"{name}_{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((img * 255).astype(np.uint8)).save(path)
-            images.append({"id": len(images) + 1, "file_name": path.name, "width": 96, "height": 64})
-            if box:
-                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "bbox": list(box)})
-    coco = tmp_path / "boxes.json"
-    coco.write_text(json.dumps({"images": images, "annotations": annotations}))
+    coco = _blob_folder(tmp_path, np.random.default_rng(5), 14)
     rc = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "simple_cnn",
                "--no-pretrained", "--input-size", "64", "--epochs1", "1", "--epochs2", "1", "--batch-size", "8",
                "--head-hidden", "8", "--no-int8", "--accelerator", "cpu", "--devices", "1", "--no-progress",
@@ -471,19 +476,7 @@ def test_box_head_targets_follow_the_boxes_moved_with_the_image(tmp_path):
 def test_train_with_a_box_head_learns_boxes_and_chooses_its_centre_threshold(tmp_path):
     from fracdet.cli import main
 
-    rng = np.random.default_rng(6)
-    images, annotations = [], []
-    for label, name in enumerate(("not_fractured", "fractured")):
-        for i in range(12):
-            img, box = _blob_film(rng) if label else (np.clip(rng.normal(0.15, 0.03, (64, 96)), 0, 1), None)
-            path = tmp_path / "data" / name / f"{name}_{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((img * 255).astype(np.uint8)).save(path)
-            images.append({"id": len(images) + 1, "file_name": path.name, "width": 96, "height": 64})
-            if box:
-                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "bbox": list(box)})
-    coco = tmp_path / "boxes.json"
-    coco.write_text(json.dumps({"images": images, "annotations": annotations}))
+    coco = _blob_folder(tmp_path, np.random.default_rng(6), 12)
     common = ["train", str(tmp_path / "data"), "--model", "efficientnet_lite0", "--no-pretrained", "--input-size",
               "64", "--epochs1", "1", "--epochs2", "1", "--batch-size", "8", "--head-hidden", "8", "--no-int8",
               "--accelerator", "cpu", "--devices", "1", "--no-progress", "--boxes", str(coco)]
