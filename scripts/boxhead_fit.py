@@ -141,7 +141,9 @@ def main() -> int:
     summary.update(name=a.name or f"centre-s{a.stride}-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{Path(a.cache).stem}",
                    epochs=a.epochs, width=a.width, stride=a.stride, reg_weight=a.reg_weight, lr=a.lr, cache=Path(a.cache).name,
                    train_seconds=round(train_s, 1), centre_threshold=threshold, thresholds=table)
-    with open(ROOT / "runs/maphead/boxhead.jsonl", "a") as f:
+    results = ROOT / "runs/maphead/boxhead.jsonl"  # one line per run, appended
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a") as f:
         f.write(json.dumps(summary) + "\n")
     log.info("validation: AP50 %.4f, sensitivity at 1 FP/film %.2f (every box; scored by centre × film probability: "
              "%.4f, %.2f); threshold %g: %s", summary["map50"], summary["sensitivity_at_1fp"],

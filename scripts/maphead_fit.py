@@ -176,7 +176,9 @@ def main() -> int:
     out_dir = ROOT / "runs/maphead" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "val.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(ROOT / "runs/maphead/results.jsonl", "a") as f:
+    results = ROOT / "runs/maphead/results.jsonl"  # one line per run, appended
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a") as f:
         f.write(json.dumps({"name": name, **result}) + "\n")
     log.info("%s: %s", name, json.dumps(result))
     if a.save:
