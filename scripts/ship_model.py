@@ -47,7 +47,7 @@ REFIT_OOD = (  # for a shipped model file without the reference (calibrate and q
     "--out src/fracdet/weights/default.fracdet"
 )
 BOXES = "../shared/data/fracatlas/annotations/fracture_boxes_coco.json"
-REPRODUCE_MAPHEAD = (  # `make default-model`: the shipped model
+REPRODUCE_MAPHEAD = (  # the model shipped in session 4
     "make maphead-candidate   # the 224 px model shipped before (git c4ee1f1) → its backbone maps at 384 px →\n"
     "                         # map head + image head → runs/maphead/finalist-cover-s16-w1/model.fracdet\n"
     "fracdet fit-ood ../shared/data/fracatlas --model runs/maphead/finalist-cover-s16-w1/model.fracdet \\\n"
@@ -65,7 +65,7 @@ REPRODUCE_MAPHEAD = (  # `make default-model`: the shipped model
     "    --test-eval runs/ship/eval-test --int8-from runs/ship/model-int8.fracdet \\\n"
     "    --model-detection runs/ship/test-model-boxes.json"
 )
-REPRODUCE_BOXHEAD = (  # `make default-model`: the shipped model since session 6 (issue 13)
+REPRODUCE_BOXHEAD = (  # `make boxhead-model`: the model shipped in session 6 (issue 13)
     "make maphead-candidate   # the 224 px model shipped before (git c4ee1f1) → its backbone maps at 384 px →\n"
     "                         # map head + image head → runs/maphead/finalist-cover-s16-w1/model.fracdet\n"
     "fracdet fit-ood ../shared/data/fracatlas --model runs/maphead/finalist-cover-s16-w1/model.fracdet \\\n"
@@ -96,7 +96,7 @@ REPRODUCE_E2E = (  # `make e2e-candidate` and after, should such a model be ship
     "    --val-eval runs/ship/eval-val --test-eval runs/ship/eval-test"
 )
 
-E2E_BOX_SEED = 0  # chosen on validation (docs/experiments.md, runs D′/E′); the Makefile has the same
+E2E_BOX_SEED = 1  # chosen on validation (docs/experiments.md, runs D′/E′); the Makefile has the same
 REPRODUCE_E2E_BOX = (  # `make default-model` since session 8 (issue 13): runs D′/E′
     "make e2e-box-candidate   # the model shipped in session 6 (git 952134c) → end to end at 384 px with the map\n"
     "                         # and box losses → α chosen on validation → its backbone maps cached → a box head\n"
@@ -120,16 +120,17 @@ class Recipe:
     choices: str
     split: str
     test_touch: str = ""
+    start_weights: str = ""  # what `fracdet train --weights` started from, where the run recorded only a path
 
 
 RECIPES = {
     "maphead": Recipe(
-        REPRODUCE_MAPHEAD, "`make default-model` runs these lines",
+        REPRODUCE_MAPHEAD, "`make maphead-candidate` is the first line",
         "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration map and "
         "the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
         "the one the 224 px model it was made from was trained with"),
     "boxhead": Recipe(
-        REPRODUCE_BOXHEAD.format(stride=BOX_STRIDE, seed=BOX_SEED), "`make default-model` runs these lines",
+        REPRODUCE_BOXHEAD.format(stride=BOX_STRIDE, seed=BOX_SEED), "`make boxhead-model` runs these lines",
         "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration map and "
         "the operating points (docs/experiments.md, \"Learned localisation\"), the OOD threshold, and the box head's "
         "stride, width, epochs and seed and its centre threshold (docs/experiments.md, \"Box head\")",
@@ -155,7 +156,8 @@ RECIPES = {
         "the one the models before it were trained with (fracdet train derives it from the data and checked it)",
         " `fracdet train` computes the test metrics of its own model at its end, as it always does; they were "
         "not read before the choice on validation (in the lost run D the line was seen on the terminal, 0.846, "
-        "and chose nothing)."),
+        "and chose nothing).",
+        start_weights="git 952134c:src/fracdet/weights/default.fracdet (the model shipped in session 6)"),
 }
 
 def relative_split(rows: list[dict[str, str]], base: Path, data_root: Path) -> str:
@@ -302,6 +304,8 @@ def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from
             **json.loads(model_detection.read_text()),
             "note": "scored by scripts/model_boxes.py on `fracdet predict --no-ood` rows of the same test films: "
                     "evaluate left the model's boxes out because the OOD check refused some films"}
+    if RECIPES[recipe].start_weights:  # the run recorded a path that now holds another model
+        art.training = {**art.training, "weights": RECIPES[recipe].start_weights}
     art.metrics = {"val": val, "test": test, "calibration": calibration, "selection": selection,
                    "test_note": note_on_test(date, test, val.get("note", ""), recipe)}
     save_artifact(art, DEFAULT)
