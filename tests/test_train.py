@@ -55,6 +55,18 @@ def test_two_phases_write_a_complete_run_folder(tmp_path):
     assert ev.metrics["roc_auc"] == pytest.approx(art.metrics["test"]["roc_auc"], abs=1e-6)
 
 
+def test_a_run_started_from_a_model_file_records_that_file_by_its_digest(tmp_path):
+    import hashlib
+
+    data = make_class_folders(tmp_path / "data", 8)
+    first = train(_cfg(data, tmp_path / "r1", phase2_epochs=0, int8=False)).artifact_path
+    second = train(_cfg(data, tmp_path / "r2", phase2_epochs=0, int8=False, weights=str(first))).artifact_path
+    training = load_artifact(second).training
+    assert training["weights"] == str(first)
+    assert training["weights_sha256"] == hashlib.sha256(Path(first).read_bytes()).hexdigest()
+    assert "weights_sha256" not in load_artifact(first).training  # ImageNet or random start: nothing to name
+
+
 def test_phase1_trains_only_the_head_and_phase2_the_backbone(tmp_path):
     data = make_class_folders(tmp_path / "data", 8)
     cfg = _cfg(data, tmp_path / "r1", phase2_epochs=0, augment=AugmentConfig.off())

@@ -290,7 +290,7 @@ def render_model_card(art: ModelArtifact) -> str:
          f"phase 2 (fine-tuning from {t.get('unfreeze_from') or 'the first stage'}) up to {t.get('phase2_epochs')} epochs "
          f"at backbone lr {t.get('backbone_lr')} / head lr {t.get('phase2_head_lr')}; {t.get('optimizer')}, "
          f"{t.get('scheduler')} schedule, early stopping on {t.get('monitor')}, class weighting {t.get('class_weighting')}, "
-         f"seed {t.get('seed')}; {t.get('epochs_run')} epochs run"
+         f"seed {t.get('seed')}; {t.get('epochs_run')} epochs run" + started_from(t)
          if getattr(art, "kind", "single") != "ensemble" and "recipe" not in t else
          f"- training: {t.get('recipe')} (base model sha256 {str(t.get('base_model_sha256', ''))[:12]}…: the "
          "ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 224 px by `fracdet train`); its backbone frozen, the "
@@ -364,3 +364,11 @@ def write_model_card_beside(art: ModelArtifact, artifact_path: str | Path) -> Pa
     card = path.with_name(path.stem + ".model_card.md")
     write_text(card, render_model_card(art))
     return card
+
+
+def started_from(training: dict) -> str:
+    """Where a `fracdet train --weights FILE` run started, by path and digest (empty for ImageNet or random)."""
+    if not training.get("weights"):
+        return ""
+    digest = training.get("weights_sha256")
+    return f"; started from `{training['weights']}`" + (f" (sha256 {digest[:12]}…)" if digest else "")

@@ -4,6 +4,7 @@ out-of-distribution reference and (optionally) int8 graph."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ from fracdet.transforms import build_transforms
 
 log = logging.getLogger(__name__)
 
+
+
+def start_weights(cfg: TrainConfig) -> dict[str, str]:
+    """The sha256 of the file ``--weights`` started from: its path alone says nothing once the file changes."""
+    path = Path(cfg.weights) if cfg.weights else None
+    if path is None or not path.is_file():
+        return {}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights_sha256": digest.hexdigest()}
 
 def finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir: Path,
                rows: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
@@ -87,7 +100,7 @@ def finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir
         doubt_threshold=ops.doubt_threshold,
         fracture_threshold=ops.fracture_threshold,
         threshold_note=ops.note,
-        training={**cfg.to_dict(), "epochs_run": len(rows), "fracdet_version": __version__},
+        training={**cfg.to_dict(), "epochs_run": len(rows), "fracdet_version": __version__, **start_weights(cfg)},
         data={**ds.summary(), "fingerprint": ds.fingerprint(), "split_file": "split.csv",
               **getattr(ds, "audit_summary", {})},
         metrics=metrics,
