@@ -4,7 +4,6 @@ out-of-distribution reference and (optionally) int8 graph."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from fracdet.calibration import apply_calibration, calibrated_probability, expec
 from fracdet.config import TrainConfig
 from fracdet.data.layouts import Dataset
 from fracdet.data.selection import split_manifest
-from fracdet.fsutil import write_json, write_text
+from fracdet.fsutil import sha256_of_file, write_json, write_text
 from fracdet.metrics import binary_metrics, with_bootstrap_ci
 from fracdet.models import FracNet
 from fracdet.transforms import build_transforms
@@ -24,17 +23,12 @@ from fracdet.transforms import build_transforms
 log = logging.getLogger(__name__)
 
 
-
 def start_weights(cfg: TrainConfig) -> dict[str, str]:
     """The sha256 of the file ``--weights`` started from: its path alone says nothing once the file changes."""
-    path = Path(cfg.weights) if cfg.weights else None
-    if path is None or not path.is_file():
+    if not cfg.weights or not Path(cfg.weights).is_file():
         return {}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"weights_sha256": digest.hexdigest()}
+    return {"weights_sha256": sha256_of_file(cfg.weights)}
+
 
 def finish_run(cfg: TrainConfig, ds: Dataset, model: FracNet, spec: Any, run_dir: Path,
                rows: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import math
 import threading
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fracdet.errors import FracdetError
+from fracdet.fsutil import sha256_of_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 FRACTURED, NOT_FRACTURED = "fractured", "not fractured"
@@ -221,14 +221,6 @@ def open_store(url: str) -> RecordStore:
 
 # ---------------------------------------------------------------------------- prediction rows
 DICOM_KEYS = ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "view")
-
-
-def sha256_of_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prediction_row(pred: Any, model: Any, model_name: str, *, source: str, file_name: str | None,
