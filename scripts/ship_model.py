@@ -82,7 +82,6 @@ REPRODUCE_BOXHEAD = (  # `make boxhead-model`: the model shipped in session 6 (i
     "python scripts/ship_model.py --model runs/ship/boxes.fracdet --recipe boxhead --val-eval runs/ship/eval-val \\\n"
     "    --test-eval runs/ship/eval-test --int8-from runs/ship/model-int8.fracdet"
 )
-BOX_STRIDE, BOX_SEED = 8, 0  # chosen on validation (docs/experiments.md, "Box head"); the Makefile has the same
 REPRODUCE_E2E = (  # `make e2e-candidate` and after, should such a model be shipped
     "make e2e-candidate       # the model shipped before (git c8e1083) → its backbone, end to end at 384 px with\n"
     "                         # the map loss (α 0) → runs/e2e-384-a0/model.fracdet (calibration, box threshold\n"
@@ -96,7 +95,6 @@ REPRODUCE_E2E = (  # `make e2e-candidate` and after, should such a model be ship
     "    --val-eval runs/ship/eval-val --test-eval runs/ship/eval-test"
 )
 
-E2E_BOX_SEED = 1  # chosen on validation (docs/experiments.md, runs D′/E′); the Makefile has the same
 REPRODUCE_E2E_BOX = (  # `make default-model` since session 8 (issue 13): runs D′/E′
     "make e2e-box-candidate   # the model shipped in session 6 (git 952134c) → end to end at 384 px with the map\n"
     "                         # and box losses → α chosen on validation → its backbone maps cached → a box head\n"
@@ -115,12 +113,19 @@ class Recipe:
     """How a shipped model file was made: its reproduce lines, what was chosen on validation
     before its one test evaluation, where its split comes from, and any other read of test."""
 
-    reproduce: str
+    reproduce: str  # {stride}, {seed}: the box head's, as the model records them (training.box_head)
     runs_them: str  # what runs the reproduce lines
     choices: str
     split: str
     test_touch: str = ""
     start_weights: str = ""  # what `fracdet train --weights` started from, where the run recorded only a path
+
+    def lines(self, training: dict[str, Any]) -> str:
+        """The reproduce lines with the settings the model records (its box head's stride and seed)."""
+        try:
+            return self.reproduce.format(**training.get("box_head", {}))
+        except KeyError as missing:
+            raise SystemExit(f"error: the model records no box head {missing}; is --recipe right?") from None
 
 
 RECIPES = {
@@ -130,7 +135,7 @@ RECIPES = {
         "the operating points (docs/experiments.md, \"Learned localisation\"), and the OOD threshold",
         "the one the 224 px model it was made from was trained with"),
     "boxhead": Recipe(
-        REPRODUCE_BOXHEAD.format(stride=BOX_STRIDE, seed=BOX_SEED), "`make boxhead-model` runs these lines",
+        REPRODUCE_BOXHEAD, "`make boxhead-model` runs these lines",
         "the map head's targets, stride and loss weight, the blend α, the box threshold, the calibration map and "
         "the operating points (docs/experiments.md, \"Learned localisation\"), the OOD threshold, and the box head's "
         "stride, width, epochs and seed and its centre threshold (docs/experiments.md, \"Box head\")",
@@ -148,7 +153,7 @@ RECIPES = {
         " `fracdet train` had computed the same file's test metrics at its end, as it always does (the run's "
         "eval-test folder, the same figures); they were not read before the choice on validation."),
     "e2e-boxhead": Recipe(
-        REPRODUCE_E2E_BOX.format(seed=E2E_BOX_SEED), "`make default-model` runs these lines",
+        REPRODUCE_E2E_BOX, "`make default-model` runs these lines",
         "the recipe (end to end at 384 px from the previous model, map λ 1 with α 0 in training, box head λ 0.5 at "
         "stride 8), the best epoch, the blend α, a box head retrained on the cached maps and its seed (best "
         "validation AP50 of three), the centre threshold, the calibration map, the operating points and the rule "
@@ -318,7 +323,7 @@ def ship_file(model: Path, val_eval: Path, test_eval: Path, date: str, int8_from
         card += int8_left_out(load_artifact(int8_from), DEFAULT.stat().st_size)
     card += (
         "\n## Reproduce\n\nOn a 2-core CPU (no GPU), from the repository root with FracAtlas in "
-        f"`../shared/data/fracatlas` ({RECIPES[recipe].runs_them}):\n\n```bash\n" + RECIPES[recipe].reproduce
+        f"`../shared/data/fracatlas` ({RECIPES[recipe].runs_them}):\n\n```bash\n" + RECIPES[recipe].lines(shipped.training)
         + "\n```\n\n"
         "The split used is `docs/default-model-split.csv` (paths relative to the FracAtlas folder), "
         f"{RECIPES[recipe].split}; it is stored in the model file.\n"
