@@ -46,7 +46,7 @@ def test_default_model_graphs_give_the_features_the_fracture_map_and_the_box_map
 
 def test_default_model_predicts_the_samples():
     model = load_model()
-    floor = load_artifact().localisation["centre_threshold"]  # boxes below it are not given
+    floor = model.artifact.localisation["centre_threshold"]  # boxes below it are not given
     rows = list(model.predict_paths([SAMPLES]))
     assert len(rows) == 8 and all(r.ok for r in rows)
     assert all(0.0 <= r.probability <= 1.0 for r in rows)
