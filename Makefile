@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate clean
+.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate e2e-512-candidate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -95,6 +95,18 @@ e2e-box-candidate: $(STAMP)
 	$(BIN)/python scripts/boxhead_fit.py --cache $(E2EB)/cache.npz --base $(E2EB)/chosen.fracdet --stride 8 --width 64 \
 		--epochs 12 --seed $(E2EB_SEED) --save $(E2EB)/boxes.fracdet
 	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E2EB)/boxes.fracdet --split val --out $(E2EB)/calibrated.fracdet
+
+# Run F (docs/experiments.md): the model shipped in session 8 (git a475f93) fine-tuned end to end at 512 px
+E512_START := runs/e2e-512-start.fracdet
+E512 := runs/e2e-512
+e2e-512-candidate: $(STAMP)
+	mkdir -p runs
+	git show a475f93:src/fracdet/weights/default.fracdet > $(E512_START).tmp && mv $(E512_START).tmp $(E512_START)
+	$(BIN)/fracdet train ../shared/data/fracatlas --weights $(E512_START) --input-size 512 --map-weight 1 \
+		--map-fuse 0 --box-weight 0.5 --box-stride 8 --epochs1 1 --epochs2 4 --patience 2 --no-int8 --no-progress \
+		--out $(E512)/run
+	$(BIN)/python scripts/choose_fuse.py $(E512)/run/model.fracdet --data ../shared/data/fracatlas --out $(E512)/chosen.fracdet
+	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E512)/chosen.fracdet --split val --out $(E512)/calibrated.fracdet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
