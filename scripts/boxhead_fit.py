@@ -64,10 +64,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="")
     ap.add_argument("--save", default="", help="write the base model with this box head here")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two fits side by side)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(a.seed)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     from fracdet.artifact import load_artifact
     from fracdet.boxmetrics import detection_summary, xywh_to_corners
     from fracdet.calibration import apply_calibration
