@@ -96,7 +96,8 @@ e2e-box-candidate: $(STAMP)
 		--epochs 12 --seed $(E2EB_SEED) --save $(E2EB)/boxes.fracdet
 	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E2EB)/boxes.fracdet --split val --out $(E2EB)/calibrated.fracdet
 
-# Run F (docs/experiments.md): the model shipped in session 8 (git a475f93) fine-tuned end to end at 512 px
+# Runs F and G (docs/experiments.md): the model shipped in session 8 (git a475f93) fine-tuned end to end at 512 px,
+# α on validation (run F: chosen.fracdet), then a box head refitted on its cached 512 px maps and Platt (run G)
 E512_START := runs/e2e-512-start.fracdet
 E512 := runs/e2e-512
 e2e-512-candidate: $(STAMP)
@@ -106,7 +107,10 @@ e2e-512-candidate: $(STAMP)
 		--map-fuse 0 --box-weight 0.5 --box-stride 8 --epochs1 1 --epochs2 4 --patience 2 --no-int8 --no-progress \
 		--out $(E512)/run
 	$(BIN)/python scripts/choose_fuse.py $(E512)/run/model.fracdet --data ../shared/data/fracatlas --out $(E512)/chosen.fracdet
-	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E512)/chosen.fracdet --split val --out $(E512)/calibrated.fracdet
+	$(BIN)/python scripts/maphead_cache.py --size 512 --model $(E512)/chosen.fracdet --flip --fine --out $(E512)/cache.npz
+	$(BIN)/python scripts/boxhead_fit.py --cache $(E512)/cache.npz --base $(E512)/chosen.fracdet --stride 8 --width 64 \
+		--epochs 12 --seed 0 --threads 2 --save $(E512)/boxes-seed0.fracdet
+	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E512)/boxes-seed0.fracdet --split val --out $(E512)/calibrated-G.fracdet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
