@@ -426,6 +426,44 @@ def test_a_box_head_exports_and_gives_the_predictors_boxes(tmp_path):
                                                   localisation={"centre_threshold": 1.5}), tmp_path / "bad.fracdet"))
 
 
+def test_evaluation_ranks_every_proposal_of_the_box_head_beside_the_boxes_it_shows(tmp_path):
+    """With the learned maps, a box head's proposals go down to PROPOSAL_FLOOR (a superset of the
+    boxes above its threshold), never reach a row, and give evaluate its 'model (all)' AP row."""
+    from fracdet.fracturemap import PROPOSAL_FLOOR, centre_boxes
+    from fracdet.localisation import PROPOSALS, evaluate_localisation, format_localisation
+
+    torch.manual_seed(1)
+    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8).eval()
+    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
+    art = ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(), preprocess=spec,
+                        model_config=dict(model.config), localisation={"box_threshold": 0.5, "centre_threshold": 0.5})
+    path = save_artifact(art, tmp_path / "boxes.fracdet")
+    film = tmp_path / "film.png"
+    Image.fromarray((xray_array(True, 3, (96, 160)) * 255).astype(np.uint8)).save(film)
+    predictor = Predictor(load_artifact(path))
+    (plain,) = predictor.predict_paths([film])
+    (pred,) = predictor.predict_paths([film], heatmaps=True)
+    assert plain.proposals is None and pred.proposals is not None
+    xb = torch.from_numpy(ModelTransform(spec)(np.asarray(Image.open(film), np.float32) / 255.0))[None]
+    with torch.inference_mode():
+        box_map = model.graph_outputs(xb)["box_map"][0].numpy()
+    every = centre_boxes(box_map, 128, (96, 160), threshold=PROPOSAL_FLOOR)
+    np.testing.assert_allclose(np.array(pred.proposals), np.array(every), atol=1e-2)
+    assert len(pred.proposals) > len(pred.boxes)  # the untrained head's centres sit near 0.5: some below it
+    shown = {tuple(np.round(b, 1)) for b in pred.proposals}
+    assert all(tuple(np.round(b, 1)) in shown for b in pred.boxes)
+    assert "proposals" not in pred.to_row()
+    truth = {"film.png": [(10.0, 10.0, 40.0, 30.0)]}
+
+    class Film:
+        path = film
+
+    s = evaluate_localisation(predictor, [Film()], truth, [], None, progress=False).summary
+    det = s["detection"]
+    assert det[PROPOSALS]["n_predicted_boxes"] == len(every) and det["model"]["n_predicted_boxes"] == len(pred.boxes)
+    assert PROPOSALS in format_localisation(s)
+
+
 def test_a_stride_8_box_head_beside_a_stride_16_map_head():
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8,

@@ -108,6 +108,10 @@ def map_boxes(logits: np.ndarray, input_size: int, image_hw: tuple[int, int],
 CENTRE_TOP_K = 5
 """At most this many boxes per film from a box head (its best local maxima)."""
 
+PROPOSAL_FLOOR = 1e-3
+"""The lowest centre score of the proposals an evaluation ranks (detection benchmarks rank every
+box down to a confidence of 0.001, not only those above the operating threshold)."""
+
 
 def centre_boxes(box_map: np.ndarray, input_size: int, image_hw: tuple[int, int],
                  out_hw: tuple[int, int] | None = None, threshold: float = DEFAULT_BOX_THRESHOLD,

@@ -37,6 +37,7 @@ import numpy as np
 from fracdet.boxmetrics import boxes_from_map, detection_summary, xywh_to_corners
 from fracdet.errors import FracdetError
 from fracdet.explain import Box, top_box
+from fracdet.fracturemap import PROPOSAL_FLOOR
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ BASELINES = ("centre", "bone")
 DEFAULT_TOLERANCE = 0.025
 DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam")
 MODEL = "model"  # the model's own learned map / boxes, when it has them
+PROPOSALS = "model (all)"  # a box head's every proposal down to PROPOSAL_FLOOR, as detection benchmarks rank them
 
 
 # ---------------------------------------------------------------- boxes
@@ -277,6 +279,9 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
             own = model_boxes(pred)
             if own is not None:
                 detections.setdefault(MODEL, []).append(own)
+            proposals = getattr(pred, "proposals", None)
+            if proposals is not None:
+                detections.setdefault(PROPOSALS, []).append([tuple(float(v) for v in b[:5]) for b in proposals])
             if not bxs:  # a normal film: detection scores only
                 continue
             row: dict[str, Any] = {"path": str(xr.path), "probability": pred.probability, "boxes": len(bxs)}
@@ -362,6 +367,9 @@ def format_localisation(summary: dict[str, Any]) -> str:
             lines.append(f"{name:<12} {f(d.get('map50')):>7} {f(d.get('sensitivity_at_1fp')):>9} "
                          f"{d.get('n_true_boxes', 0):>5} {d.get('n_predicted_boxes', 0):>10}")
         lines.append("(sens@1FP: share of true boxes hit at the score threshold giving 1 false-positive box per film)")
+        if any(name == PROPOSALS for name, _ in det):
+            lines.append(f"({PROPOSALS}: every box the box head proposes, down to a centre score of {PROPOSAL_FLOOR:g}, "
+                         "as detection benchmarks rank them; model: the boxes it shows, above its threshold)")
     return "\n".join(lines)
 
 
@@ -412,7 +420,9 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
                   f"<p>{st.get('n_images', 0)} fractured film(s) with boxes and {st.get('n_normal_films', 0)} normal "
                   "film(s) (every box on a normal film is a false positive). Boxes from a map: its regions at ≥ "
                   f"{st.get('box_fraction', 0.5)} × peak, scored by region peak × the image probability; the model's "
-                  "own boxes where it has them; baseline: one box over the central half, scored by the probability. "
+                  "own boxes where it has them (above its threshold, as it shows them; "
+                  f"{PROPOSALS}: every box its box head proposes down to a centre score of {PROPOSAL_FLOOR:g}, as "
+                  "detection benchmarks rank them); baseline: one box over the central half, scored by the probability. "
                   "mAP50: COCO 101-point AP at IoU ≥ 0.5; sensitivity at the score threshold giving one "
                   "false-positive box per film on average (FROC).</p>",
                   f"<table><tr>{dhead}</tr>{dbody}</table>"]

@@ -46,6 +46,9 @@ class Prediction:
     boxes: list[tuple[float, float, float, float, float]] | None = None
     """Fracture boxes ``(x0, y0, x1, y1, score)`` in original-image pixels, best first, from the
     model's learned fracture map (:mod:`fracdet.fracturemap`); None when the model has no map."""
+    proposals: list[tuple[float, float, float, float, float]] | None = field(default=None, repr=False)
+    """Every box a box head proposes down to :data:`fracdet.fracturemap.PROPOSAL_FLOOR` (as ``boxes``),
+    with the learned maps only: what ``evaluate --boxes`` ranks for AP; never in rows."""
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class Prediction:
         finally:
             self.heatmap = heatmap
         d.pop("heatmap")
+        d.pop("proposals")
         if d["boxes"] is None:
             d.pop("boxes")
         else:

@@ -28,7 +28,8 @@ import numpy as np
 from fracdet.artifact import ModelArtifact, load_artifact
 from fracdet.calibration import apply_calibration
 from fracdet.errors import FracdetError, ImageReadError
-from fracdet.fracturemap import DEFAULT_BOX_THRESHOLD, centre_boxes, map_boxes, map_to_image, original_hw
+from fracdet.fracturemap import (DEFAULT_BOX_THRESHOLD, PROPOSAL_FLOOR, centre_boxes, map_boxes, map_to_image,
+                                 original_hw)
 from fracdet.inference.assess import INVERTED_WARNING, WINDOW_KEY, Assessor, Judgement, check_features, invert_prepared
 from fracdet.inference.backends import choose_backend
 from fracdet.inference.onnx import OnnxRunner
@@ -140,7 +141,8 @@ class Predictor:
     def _add_maps(self, preds: Sequence[Prediction], outputs: dict[str, np.ndarray], items: Sequence[XRay],
                   heatmap: bool) -> None:
         """Each assessed prediction's fracture boxes (always) and, with ``heatmap``, its learned map
-        at the original size, from the graph's ``fracture_map`` (nothing when the model has none)."""
+        at the original size, from the graph's ``fracture_map`` (nothing when the model has none),
+        and a box head's proposals down to PROPOSAL_FLOOR (for evaluation)."""
         maps = outputs.get("fracture_map")
         if maps is None:
             return
@@ -158,6 +160,8 @@ class Predictor:
                 pred.boxes = map_boxes(m, pre.input_size, hw, out_hw, t, pre.resize)
             if heatmap:
                 pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
+                if box_maps is not None:
+                    pred.proposals = centre_boxes(box_maps[k], pre.input_size, hw, out_hw, PROPOSAL_FLOOR, pre.resize)
 
     def predict_batch(self, batch: Any, items: Sequence[XRay], prepared: Sequence[np.ndarray] = (),
                       learned_maps: bool = False, assess: bool = True) -> list[Prediction]:
