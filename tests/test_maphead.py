@@ -386,25 +386,34 @@ def test_centre_boxes_keep_local_maxima_above_the_threshold_best_first():
         centre_boxes(out[:4], 64, (64, 64))
 
 
+def _box_head_model(tmp_path: Path, seed: int, centre_threshold: float, centre_bias: float | None = None):
+    """A 128 px map + box head model file (torch module, spec, path) and a 96×160 film."""
+    torch.manual_seed(seed)
+    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8).eval()
+    if centre_bias is not None:
+        with torch.no_grad():
+            model.box_head.out.bias[0] = centre_bias
+    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
+    art = ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(), preprocess=spec,
+                        model_config=dict(model.config),
+                        localisation={"box_threshold": 0.5, "centre_threshold": centre_threshold})
+    path = save_artifact(art, tmp_path / "boxes.fracdet")
+    film = tmp_path / "film.png"
+    Image.fromarray((xray_array(True, 3, (96, 160)) * 255).astype(np.uint8)).save(film)
+    return model, spec, path, film
+
+
 def test_a_box_head_exports_and_gives_the_predictors_boxes(tmp_path):
     from fracdet.fracturemap import centre_boxes
 
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8).eval()
+    # centre bias 2: centres everywhere, the local maxima pass the threshold
+    model, spec, path, film = _box_head_model(tmp_path, 0, 0.6, centre_bias=2.0)
     x = torch.randn(2, 3, 128, 128)
     with torch.inference_mode():
         ref = model.graph_outputs(x)
     assert ref["box_map"].shape == (2, 5, 8, 8) and model.config["box_width"] == 8
     got = OnnxRunner(onnx_bytes(model, 128)).run(x.numpy())
     np.testing.assert_allclose(got["box_map"], ref["box_map"].numpy(), atol=1e-4)
-    with torch.no_grad():
-        model.box_head.out.bias[0] = 2.0  # centres everywhere: the local maxima pass the threshold
-    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
-    art = ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(), preprocess=spec,
-                        model_config=dict(model.config), localisation={"box_threshold": 0.5, "centre_threshold": 0.6})
-    path = save_artifact(art, tmp_path / "boxes.fracdet")
-    film = tmp_path / "film.png"
-    Image.fromarray((xray_array(True, 3, (96, 160)) * 255).astype(np.uint8)).save(film)
     predictor = Predictor(load_artifact(path))
     (pred,) = predictor.predict_paths([film])
     xb = torch.from_numpy(ModelTransform(spec)(np.asarray(Image.open(film), np.float32) / 255.0))[None]
@@ -432,14 +441,7 @@ def test_evaluation_ranks_every_proposal_of_the_box_head_beside_the_boxes_it_sho
     from fracdet.fracturemap import PROPOSAL_FLOOR, centre_boxes
     from fracdet.localisation import PROPOSALS, evaluate_localisation, format_localisation
 
-    torch.manual_seed(1)
-    model = create_model("efficientnet_lite0", pretrained=False, map_stride=16, map_width=16, box_width=8).eval()
-    spec = PreprocessSpec(input_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
-    art = ModelArtifact(architecture="efficientnet_lite0", state_dict=model.state_dict(), preprocess=spec,
-                        model_config=dict(model.config), localisation={"box_threshold": 0.5, "centre_threshold": 0.5})
-    path = save_artifact(art, tmp_path / "boxes.fracdet")
-    film = tmp_path / "film.png"
-    Image.fromarray((xray_array(True, 3, (96, 160)) * 255).astype(np.uint8)).save(film)
+    model, spec, path, film = _box_head_model(tmp_path, 1, 0.5)
     predictor = Predictor(load_artifact(path))
     (plain,) = predictor.predict_paths([film])
     (pred,) = predictor.predict_paths([film], heatmaps=True)
