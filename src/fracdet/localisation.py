@@ -201,10 +201,10 @@ def centre_box(shape: tuple[int, int], probability: float) -> list[tuple[float, 
     return [(w / 4, h / 4, 3 * w / 4, 3 * h / 4, float(probability))]
 
 
-def model_boxes(pred: Any) -> list[tuple[float, float, float, float, float]] | None:
-    """The model's own scored boxes (``Prediction.boxes``: (x0, y0, x1, y1, score) in original
-    pixels), or None when the model has no box output."""
-    b = getattr(pred, "boxes", None)
+def model_boxes(pred: Any, field: str = "boxes") -> list[tuple[float, float, float, float, float]] | None:
+    """The model's own scored boxes (``Prediction.boxes``, or another such ``field`` such as
+    ``proposals``: (x0, y0, x1, y1, score) in original pixels), or None when it has none."""
+    b = getattr(pred, field, None)
     return None if b is None else [tuple(float(v) for v in box[:5]) for box in b]  # type: ignore[misc]
 
 
@@ -279,9 +279,9 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
             own = model_boxes(pred)
             if own is not None:
                 detections.setdefault(MODEL, []).append(own)
-            proposals = getattr(pred, "proposals", None)
+            proposals = model_boxes(pred, "proposals")
             if proposals is not None:
-                detections.setdefault(PROPOSALS, []).append([tuple(float(v) for v in b[:5]) for b in proposals])
+                detections.setdefault(PROPOSALS, []).append(proposals)
             if not bxs:  # a normal film: detection scores only
                 continue
             row: dict[str, Any] = {"path": str(xr.path), "probability": pred.probability, "boxes": len(bxs)}

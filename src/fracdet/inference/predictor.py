@@ -154,14 +154,16 @@ class Predictor:
                 continue
             hw, out_hw = x.pixels.shape[:2], original_hw(x.pixels, x.meta)
             if box_maps is not None:  # a box head: its boxes, not the map's regions
-                pred.boxes = centre_boxes(box_maps[k], pre.input_size, hw, out_hw,
-                                          float(settings.get("centre_threshold", DEFAULT_BOX_THRESHOLD)), pre.resize)
+                centre_t = float(settings.get("centre_threshold", DEFAULT_BOX_THRESHOLD))
+                found = centre_boxes(box_maps[k], pre.input_size, hw, out_hw,
+                                     min(centre_t, PROPOSAL_FLOOR) if heatmap else centre_t, pre.resize)
+                pred.boxes = [b for b in found if b[4] >= centre_t]  # best first: a prefix of the proposals
+                if heatmap:
+                    pred.proposals = found
             else:
                 pred.boxes = map_boxes(m, pre.input_size, hw, out_hw, t, pre.resize)
             if heatmap:
                 pred.heatmap = map_to_image(m, pre.input_size, hw, out_hw, pre.resize)
-                if box_maps is not None:
-                    pred.proposals = centre_boxes(box_maps[k], pre.input_size, hw, out_hw, PROPOSAL_FLOOR, pre.resize)
 
     def predict_batch(self, batch: Any, items: Sequence[XRay], prepared: Sequence[np.ndarray] = (),
                       learned_maps: bool = False, assess: bool = True) -> list[Prediction]:
