@@ -8,7 +8,8 @@ has no notion of a box's extent.
 The head (fracdet.models.classifier.BoxHead, CenterNet-style) works on the cached stride-16 and
 stride-32 maps (``--stride 8``: on the stride-8 map too, from a cache made with ``--fine``): per
 cell a box-centre logit (Gaussian targets around each box's centre, penalty-reduced focal loss),
-the centre's offset within the cell and the box's log size (L1 at the centre cells).  Decoding
+the centre's offset within the cell and the box's log size (L1 at the centre cells; ``--box-loss giou``:
+generalised IoU of the decoded box; ``--dense G``: also at the cells around the centre, as TTFNet).  Decoding
 (fracdet.fracturemap.centre_boxes): the 3×3 local maxima of the centre map, the best five per
 film, back to original pixels by the inverse letterbox.
 
@@ -35,19 +36,20 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("boxhead_fit")
 
 
-def box_targets(cache: dict, boxes: dict, size: int, grid: tuple[int, int], idx: np.ndarray) -> list[torch.Tensor]:
-    """Heatmaps, regression targets and centre masks of the cached views ``idx``."""
+def box_targets(cache: dict, boxes: dict, size: int, grid: tuple[int, int], idx: np.ndarray,
+                dense: float = 0.0) -> list[torch.Tensor]:
+    """Heatmaps, regression targets and regression weights of the cached views ``idx``."""
     from fracdet.data.boxtargets import centre_targets
 
     heat = np.zeros((len(idx), *grid), np.float32)
     reg = np.zeros((len(idx), 4, *grid), np.float32)
-    centre = np.zeros((len(idx), *grid), np.float32)
+    weight = np.zeros((len(idx), *grid), np.float32)
     for k, i in enumerate(idx):
         found = boxes.get(Path(str(cache["path"][i])).name) if cache["label"][i] else None
         if found:
-            heat[k], reg[k], centre[k] = centre_targets(found, tuple(cache["hw"][i]), size, grid,
-                                                        flip=bool(cache["flip"][i]))
-    return [torch.from_numpy(a) for a in (heat, reg, centre)]
+            heat[k], reg[k], weight[k] = centre_targets(found, tuple(cache["hw"][i]), size, grid,
+                                                        flip=bool(cache["flip"][i]), dense=dense)
+    return [torch.from_numpy(a) for a in (heat, reg, weight)]
 
 
 def main() -> int:
@@ -61,6 +63,10 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=16, choices=(16, 8))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reg-weight", type=float, default=1.0)
+    ap.add_argument("--box-loss", default="l1", choices=("l1", "giou"),
+                    help="box regression: L1 on offset and log size, or generalised IoU of the decoded box")
+    ap.add_argument("--dense", type=float, default=0.0,
+                    help="also regress the box at cells where its Gaussian is at least this (0: its centre cell only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="")
     ap.add_argument("--save", default="", help="write the base model with this box head here")
@@ -103,11 +109,11 @@ def main() -> int:
 
     train = np.nonzero(cache["split"] == "train")[0]
     val = np.nonzero((cache["split"] == "val") & ~cache["flip"])[0]
-    heat, reg, centre = box_targets(cache, boxes, size, grid, train)
+    heat, reg, weight = box_targets(cache, boxes, size, grid, train, a.dense)
     opt = torch.optim.AdamW(head.parameters(), lr=a.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs)
     log.info("%d training views (%d with boxes), %d validation films, grid %s", len(train),
-             int(centre.flatten(1).sum(1).gt(0).sum()), len(val), grid)
+             int(heat.flatten(1).max(1).values.ge(1).sum()), len(val), grid)
     t0 = time.perf_counter()
     for epoch in range(a.epochs):
         head.train()
@@ -115,7 +121,7 @@ def main() -> int:
         total = 0.0
         for i in range(0, len(perm), a.batch_size):
             j = perm[i:i + a.batch_size]
-            loss = centre_loss(run(train[j]), heat[j], reg[j], centre[j], a.reg_weight)
+            loss = centre_loss(run(train[j]), heat[j], reg[j], weight[j], a.reg_weight, a.box_loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -139,8 +145,10 @@ def main() -> int:
     summary["by_centre_times_probability"] = detection_summary(rescored, [xywh_to_corners(t) for t in truths])
     chosen = choose_centre_threshold(list(outs), hws, truths, size)
     threshold, table = chosen["centre_threshold"], chosen["val_centre_boxes"]
-    summary.update(name=a.name or f"centre-s{a.stride}-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{Path(a.cache).stem}",
-                   epochs=a.epochs, width=a.width, stride=a.stride, reg_weight=a.reg_weight, lr=a.lr, cache=Path(a.cache).name,
+    summary.update(name=a.name or f"centre-s{a.stride}-e{a.epochs}-w{a.width}-r{a.reg_weight:g}-{a.box_loss}-d{a.dense:g}-"
+                                  f"{Path(a.cache).stem}",
+                   epochs=a.epochs, width=a.width, stride=a.stride, reg_weight=a.reg_weight, box_loss=a.box_loss,
+                   dense=a.dense, seed=a.seed, lr=a.lr, cache=Path(a.cache).name,
                    train_seconds=round(train_s, 1), centre_threshold=threshold, thresholds=table)
     results = ROOT / "runs/maphead/boxhead.jsonl"  # one line per run, appended
     results.parent.mkdir(parents=True, exist_ok=True)

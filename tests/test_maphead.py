@@ -369,6 +369,45 @@ def test_centre_targets_decode_back_to_the_box_in_original_pixels(flip):
     np.testing.assert_allclose(big[:4], (2 * x0, 200, 2 * x0 + 240, 320), atol=0.02)
 
 
+def test_dense_box_targets_decode_to_the_same_box_from_every_weighted_cell():
+    from fracdet.data.boxtargets import grid_targets
+
+    boxes = np.array([[40.0, 60.0, 200.0, 180.0], [300.0, 300.0, 312.0, 306.0]])  # a large box and a small one
+    heat0, reg0, w0 = grid_targets(boxes, 384, (48, 48))
+    heat, reg, w = grid_targets(boxes, 384, (48, 48), dense=0.3)
+    np.testing.assert_array_equal(heat, heat0)  # the centre heatmap does not change
+    assert set(np.unique(w0)) == {0.0, 1.0} and np.array_equal(w0 > 0, heat >= 1.0)  # CenterNet: the centres only
+    assert (w > 0).sum() > 10 and w.sum() == pytest.approx(2.0)  # each box's weights sum to 1
+    large = w[:30, :30]  # the large box's cells (its centre cell: row 15, column 15)
+    assert large.max() == large[15, 15] and (large > 0).sum() > 10 and w[37, 38] == 1.0  # the small box: its centre only
+    rows, cols = np.nonzero(w)
+    decoded = {(round((c + 0.5 + reg[1, r, c]) * 8, 3), round((r + 0.5 + reg[0, r, c]) * 8, 3),
+                round(np.exp(reg[3, r, c]) * 8, 3), round(np.exp(reg[2, r, c]) * 8, 3)) for r, c in zip(rows, cols)}
+    assert decoded == {(120.0, 120.0, 160.0, 120.0), (306.0, 303.0, 12.0, 6.0)}  # centre x, y, width, height
+
+
+@pytest.mark.parametrize("box_loss", ["l1", "giou"])
+def test_box_regression_loss_is_zero_at_the_true_box_and_grows_with_a_wrong_size(box_loss):
+    import torch
+
+    from fracdet.data.boxtargets import grid_targets
+    from fracdet.models.maploss import centre_loss
+
+    heat, reg, w = (torch.from_numpy(a)[None] for a in grid_targets(np.array([[40.0, 60.0, 200.0, 180.0]]), 384,
+                                                                       (48, 48), dense=0.3))
+    logit = torch.where(heat >= 1.0, 6.0, -6.0)[:, None]
+    focal = centre_loss(torch.cat([logit, torch.zeros_like(reg)], 1), heat, reg, w * 0, box_loss=box_loss)
+    exact = centre_loss(torch.cat([logit, reg], 1), heat, reg, w, box_loss=box_loss)
+    assert float(exact) == pytest.approx(float(focal), abs=1e-5)  # the true box costs nothing beyond the focal loss
+    small, smaller = reg.clone(), reg.clone()
+    small[:, 2:] -= 0.2
+    smaller[:, 2:] -= 0.6
+    costs = [float(centre_loss(torch.cat([logit, r], 1), heat, reg, w, box_loss=box_loss)) for r in (small, smaller)]
+    assert float(exact) < costs[0] < costs[1]
+    with pytest.raises(ValueError, match="box loss"):
+        centre_loss(torch.cat([logit, reg], 1), heat, reg, w, box_loss="l2")
+
+
 def test_centre_boxes_keep_local_maxima_above_the_threshold_best_first():
     from fracdet.fracturemap import centre_boxes
 

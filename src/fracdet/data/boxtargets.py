@@ -58,36 +58,48 @@ def input_boxes(boxes: Sequence[Box], image_hw: tuple[int, int], size: int, mode
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
 
 
-def grid_targets(xyxy: np.ndarray, size: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grid_targets(xyxy: np.ndarray, size: int, grid: tuple[int, int], dense: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A box head's targets on an h×w ``grid`` over the S×S input from K×4 input-pixel boxes: the
     centre heatmap (a Gaussian at each box's centre cell, σ a sixth of the box's longer side in
-    cells, at least ½ — CenterNet's rule), per cell (dy, dx, log h, log w) in cells, and a mask of
-    the centre cells.  A box under one input pixel wide or high counts as one pixel."""
+    cells, at least ½ — CenterNet's rule; 1 exactly at the centre cells), per cell (dy, dx, log h,
+    log w) in cells, and the regression weights: 1 at the centre cells (``dense`` 0, CenterNet),
+    or (``dense`` in (0, 1), as TTFNet) also at every cell where the box's Gaussian is ≥ ``dense``,
+    weighted by it, each box's weights summing to 1 (a cell two boxes claim goes to the one whose
+    Gaussian is higher there, so the other's sum less).  A box under one input pixel wide or high counts as one pixel."""
     gh, gw = int(grid[0]), int(grid[1])
     stride_y, stride_x = size / gh, size / gw
     heat = np.zeros((gh, gw), np.float32)
     reg = np.zeros((4, gh, gw), np.float32)
-    centre = np.zeros((gh, gw), np.float32)
+    weight = np.zeros((gh, gw), np.float32)
+    owner = np.zeros((gh, gw), np.float32)  # the Gaussian of the box that holds each cell's regression
     rows, cols = np.mgrid[0:gh, 0:gw]
     for x0, y0, x1, y1 in np.asarray(xyxy, dtype=np.float64).reshape(-1, 4):
         cy, cx = (y0 + y1) / 2 / stride_y, (x0 + x1) / 2 / stride_x
         bh_c, bw_c = max(y1 - y0, 1.0) / stride_y, max(x1 - x0, 1.0) / stride_x
         r, c = min(max(int(cy), 0), gh - 1), min(max(int(cx), 0), gw - 1)
         sigma = max(0.5, max(bh_c, bw_c) / 6)
-        heat = np.maximum(heat, np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma ** 2)).astype(np.float32))
-        reg[:, r, c] = (cy - r - 0.5, cx - c - 0.5, np.log(bh_c), np.log(bw_c))
-        centre[r, c] = 1.0
-    return heat, reg, centre
+        g = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+        heat = np.maximum(heat, g)
+        cells = (g >= dense) & (g > owner) if dense > 0 else (rows == r) & (cols == c)
+        cells[r, c] = True
+        w = np.where(cells, g, 0.0)
+        weight = np.where(cells, w / w.sum(), weight)
+        owner = np.where(cells, g, owner)
+        reg[:, cells] = np.stack([cy - rows[cells] - 0.5, cx - cols[cells] - 0.5,
+                                  np.full(int(cells.sum()), np.log(bh_c)), np.full(int(cells.sum()), np.log(bw_c))])
+    return heat, reg, weight
 
 
 def centre_targets(boxes: Sequence[Box], image_hw: tuple[int, int], size: int, grid: tuple[int, int],
-                   mode: str = "letterbox", flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   mode: str = "letterbox", flip: bool = False, dense: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`grid_targets` of COCO ``boxes`` of an image of ``image_hw`` (``flip``: the image
     mirrored left–right)."""
     xyxy = input_boxes(boxes, image_hw, size, mode)
     if flip:
         xyxy = np.stack([size - xyxy[:, 2], xyxy[:, 1], size - xyxy[:, 0], xyxy[:, 3]], axis=1)
-    return grid_targets(xyxy, size, grid)
+    return grid_targets(xyxy, size, grid, dense)
 
 
 def _image_hw(path: Any) -> tuple[int, int]:

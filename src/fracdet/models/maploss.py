@@ -46,17 +46,38 @@ def box_mass_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     return -mass.mean()
 
 
-def centre_loss(box_map: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, centre: torch.Tensor,
-                reg_weight: float = 1.0) -> torch.Tensor:
+BOX_LOSSES = ("l1", "giou")
+
+
+def centre_loss(box_map: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, weight: torch.Tensor,
+                reg_weight: float = 1.0, box_loss: str = "l1") -> torch.Tensor:
     """A box head's loss (CenterNet): the penalty-reduced focal loss of the centre logits
-    (``box_map[:, 0]``) against Gaussian ``heat`` maps, plus ``reg_weight`` × L1 of offset and
-    log size (``box_map[:, 1:]`` against ``reg``) at the ``centre`` cells; per box centre."""
+    (``box_map[:, 0]``) against Gaussian ``heat`` maps (positive where it is 1: the centre
+    cells), plus ``reg_weight`` × the box regression (``box_map[:, 1:]``: offset and log size, in
+    cells) against ``reg``, weighted per cell by ``weight`` (:func:`fracdet.data.boxtargets.grid_targets`):
+    ``box_loss`` "l1" on offset and log size, or "giou" (generalised IoU of the decoded box); per box centre."""
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box loss {box_loss!r} (expected one of {', '.join(BOX_LOSSES)})")
     p = torch.sigmoid(box_map[:, 0]).clamp(1e-4, 1 - 1e-4)
-    pos = centre.to(p.dtype)
+    pos = (heat >= 1.0).to(p.dtype)
     n = pos.sum().clamp_min(1.0)
     focal = (-torch.log(p) * (1 - p) ** 2 * pos - torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * (1 - pos)).sum() / n
-    m = pos.unsqueeze(1)
-    return focal + reg_weight * (F.l1_loss(box_map[:, 1:] * m, reg * m, reduction="sum") / n)
+    if box_loss == "l1":
+        reg_loss = (F.l1_loss(box_map[:, 1:], reg, reduction="none") * weight.unsqueeze(1)).sum()
+    else:
+        from torchvision.ops import generalized_box_iou_loss
+
+        cells = weight > 0
+        pred = box_map[:, 1:].permute(0, 2, 3, 1)[cells]
+        reg_loss = (generalized_box_iou_loss(_cell_box(pred), _cell_box(reg.permute(0, 2, 3, 1)[cells]),
+                                             reduction="none") * weight[cells]).sum()
+    return focal + reg_weight * reg_loss / n
 
 
-__all__ = ["box_mass_loss", "cell_targets", "centre_loss", "map_loss"]
+def _cell_box(r: torch.Tensor) -> torch.Tensor:
+    """K×4 (dy, dx, log h, log w) relative to a cell's centre → K×4 (x0, y0, x1, y1) in cells."""
+    h, w = torch.exp(r[:, 2].clamp(-10, 10)), torch.exp(r[:, 3].clamp(-10, 10))
+    return torch.stack([r[:, 1] - w / 2, r[:, 0] - h / 2, r[:, 1] + w / 2, r[:, 0] + h / 2], dim=1)
+
+
+__all__ = ["BOX_LOSSES", "box_mass_loss", "cell_targets", "centre_loss", "map_loss"]
