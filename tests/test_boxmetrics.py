@@ -71,3 +71,12 @@ def test_summary_and_boxes_from_a_map():
     assert boxes == [(10.0, 5.0, 20.0, 10.0, 0.8), (40.0, 30.0, 50.0, 35.0, pytest.approx(0.48))]
     assert boxes_from_map(np.zeros((4, 4)), 0.9) == [] and boxes_from_map(np.ones((4, 4)), 0.9) == []
     assert xywh_to_corners([(1, 2, 3, 4)]) == [(1.0, 2.0, 4.0, 6.0)]
+
+
+def test_a_box_in_the_right_place_drawn_too_small_counts_at_iou_025_not_050():
+    truth = [[(0, 0, 20, 20)]]
+    small = [[(5, 5, 15, 15, 0.9)]]  # the same centre, half the side: IoU 0.25
+    summ = detection_summary(small, truth)
+    assert summ["map50"] == 0.0 and summ["map25"] == pytest.approx(1.0)
+    loose = detection_summary(small, truth, iou_threshold=0.25, also_at=(0.1, 0.25))
+    assert "map50" not in loose and loose["map25"] == loose["map10"] == pytest.approx(1.0)

@@ -104,18 +104,27 @@ def sensitivity_at_fp(scores: np.ndarray, hits: np.ndarray, n_true: int, n_films
 
 
 def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: float = 0.5,
-                      rates: Sequence[float] = FROC_RATES) -> dict[str, Any]:
+                      rates: Sequence[float] = FROC_RATES, also_at: Sequence[float] = (0.25,)) -> dict[str, Any]:
     """mAP at ``iou_threshold`` (one class: AP), sensitivity at 1 FP box per film with its score
-    threshold, the FROC points at ``rates``, and the counts."""
+    threshold, the FROC points at ``rates``, the counts, and the AP at each looser IoU of
+    ``also_at`` (``map25``: a box in the right place, drawn the wrong size, counts there)."""
     scores, hits, n_true = match_boxes(preds, truths, iou_threshold)
     sens, thr = sensitivity_at_fp(scores, hits, n_true, len(preds), 1.0)
-    return {
-        "map50" if iou_threshold == 0.5 else f"map{round(100 * iou_threshold)}": average_precision(scores, hits, n_true),
+    out: dict[str, Any] = {
+        _ap_key(iou_threshold): average_precision(scores, hits, n_true),
         "sensitivity_at_1fp": sens, "score_threshold_at_1fp": thr,
         "froc": {str(r): sensitivity_at_fp(scores, hits, n_true, len(preds), r)[0] for r in rates},
         "n_films": len(preds), "n_true_boxes": int(n_true), "n_predicted_boxes": int(len(scores)),
         "iou_threshold": iou_threshold,
     }
+    for t in also_at:
+        if t != iou_threshold:
+            out[_ap_key(t)] = average_precision(*match_boxes(preds, truths, t))
+    return out
+
+
+def _ap_key(iou_threshold: float) -> str:
+    return f"map{round(100 * iou_threshold)}"
 
 
 def boxes_from_map(heatmap: np.ndarray, probability: float, fraction: float = 0.5,

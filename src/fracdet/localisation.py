@@ -362,11 +362,12 @@ def format_localisation(summary: dict[str, Any]) -> str:
         st = summary.get("settings", {})
         lines += ["", f"boxes as detections ({st.get('n_images', 0)} fractured + {st.get('n_normal_films', 0)} normal "
                   "films; IoU ≥ 0.5):",
-                  f"{'boxes from':<12} {'mAP50':>7} {'sens@1FP':>9} {'true':>5} {'predicted':>10}"]
+                  f"{'boxes from':<12} {'mAP50':>7} {'sens@1FP':>9} {'mAP25':>7} {'true':>5} {'predicted':>10}"]
         for name, d in det:
-            lines.append(f"{name:<12} {f(d.get('map50')):>7} {f(d.get('sensitivity_at_1fp')):>9} "
+            lines.append(f"{name:<12} {f(d.get('map50')):>7} {f(d.get('sensitivity_at_1fp')):>9} {f(d.get('map25')):>7} "
                          f"{d.get('n_true_boxes', 0):>5} {d.get('n_predicted_boxes', 0):>10}")
-        lines.append("(sens@1FP: share of true boxes hit at the score threshold giving 1 false-positive box per film)")
+        lines.append("(sens@1FP: share of true boxes hit at the score threshold giving 1 false-positive box per film; "
+                     "mAP25: AP at IoU ≥ 0.25, where a box in the right place but the wrong size still counts)")
         if any(name == PROPOSALS for name, _ in det):
             lines.append(f"({PROPOSALS}: every box the box head proposes, down to a centre score of {PROPOSAL_FLOOR:g}, "
                          "as detection benchmarks rank them; model: the boxes it shows, above its threshold)")
@@ -411,10 +412,10 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
     det = _detection_rows(summary)
     if det:
         dhead = "".join(f"<th>{h}</th>" for h in ("boxes from", "box mAP50", "sensitivity at 1 FP box / film",
-                                                   "true boxes", "predicted boxes"))
+                                                   "box mAP25", "true boxes", "predicted boxes"))
         dbody = "".join(
             f"<tr><td>{html.escape(name.strip('[]') if not name.startswith('[') else 'baseline: ' + name[1:-1])}</td>"
-            f"<td>{num(d.get('map50'))}</td><td>{num(d.get('sensitivity_at_1fp'))}</td>"
+            f"<td>{num(d.get('map50'))}</td><td>{num(d.get('sensitivity_at_1fp'))}</td><td>{num(d.get('map25'))}</td>"
             f"<td>{d.get('n_true_boxes')}</td><td>{d.get('n_predicted_boxes')}</td></tr>" for name, d in det)
         parts += ["<h3>Boxes as detections</h3>",
                   f"<p>{st.get('n_images', 0)} fractured film(s) with boxes and {st.get('n_normal_films', 0)} normal "
@@ -424,7 +425,8 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
                   f"{PROPOSALS}: every box its box head proposes down to a centre score of {PROPOSAL_FLOOR:g}, as "
                   "detection benchmarks rank them); baseline: one box over the central half, scored by the probability. "
                   "mAP50: COCO 101-point AP at IoU ≥ 0.5; sensitivity at the score threshold giving one "
-                  "false-positive box per film on average (FROC).</p>",
+                  "false-positive box per film on average (FROC); mAP25: AP at IoU ≥ 0.25, where a box in the right place "
+                  "but drawn the wrong size still counts.</p>",
                   f"<table><tr>{dhead}</tr>{dbody}</table>"]
     for method, pngs in localisation_figures(out_dir).items():
         figs = []
