@@ -561,9 +561,13 @@ def test_train_with_a_box_head_learns_boxes_and_chooses_its_centre_threshold(tmp
               "--accelerator", "cpu", "--devices", "1", "--no-progress", "--boxes", str(coco)]
     assert main([*common, "--out", str(tmp_path / "bad"), "--box-weight", "1"]) != 0  # no map head asked
     assert not (tmp_path / "bad" / "model.fracdet").exists()
-    rc = main([*common, "--out", str(tmp_path / "run"), "--map-weight", "1", "--box-weight", "1", "--box-stride", "8"])
+    assert main([*common, "--out", str(tmp_path / "bad2"), "--map-weight", "1", "--box-weight", "1",
+                 "--box-dense", "1.5"]) != 0  # a Gaussian level outside [0, 1)
+    rc = main([*common, "--out", str(tmp_path / "run"), "--map-weight", "1", "--box-weight", "1", "--box-stride", "8",
+               "--box-loss", "giou", "--box-dense", "0.3"])
     assert rc == 0
     art = load_artifact(tmp_path / "run" / "model.fracdet")
+    assert art.training["box_loss"] == "giou" and art.training["box_dense"] == 0.3
     assert art.model_config["box_width"] == 64 and art.model_config["box_stride"] == 8
     assert 0 < art.localisation["centre_threshold"] < 1 and "validation" in art.localisation["centre_threshold_chosen_on"]
     assert "map50" in art.metrics["localisation"]["val_box_head"]

@@ -59,6 +59,8 @@ class TrainConfig:
     map_fuse: float = 0.0  # image logit = (1 − α)·head + α·max(map)
     box_weight: float = 0.0  # λ of a box head's centre loss (CenterNet) beside them (0 = no box head)
     box_stride: int = 16  # 16, or 8 (adds the stride-8 stage); needs a stride-16 or 8 map head
+    box_loss: str = "l1"  # the box regression: l1 (offset and log size, CenterNet) or giou (of the decoded box)
+    box_dense: float = 0.0  # also regress a box at the cells where its Gaussian is ≥ this (0: its centre only)
     # lightning pass-through
     accelerator: str = "auto"
     devices: str = "auto"
@@ -84,6 +86,11 @@ class TrainConfig:
         if self.box_weight < 0 or self.box_stride not in (8, 16):
             raise FracdetError(f"--box-weight {self.box_weight:g} / --box-stride {self.box_stride}: "
                                "the weight must be ≥ 0 and the stride 8 or 16")
+        from fracdet.models.maploss import BOX_LOSSES
+
+        if self.box_loss not in BOX_LOSSES or not 0.0 <= self.box_dense < 1.0:
+            raise FracdetError(f"--box-loss {self.box_loss} / --box-dense {self.box_dense:g}: the loss is one of "
+                               f"{', '.join(BOX_LOSSES)} and the Gaussian level in [0, 1)")
         if self.box_weight > 0 and (self.map_weight <= 0 or self.map_stride == 32):
             raise FracdetError("--box-weight needs a map head at stride 16 or 8: give --map-weight too "
                                "(and --map-stride 16 or 8)")

@@ -162,7 +162,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainResult
         if model.box_head is not None:  # its targets on the box head's grid, from the moved boxes
             grid = (spec.input_size // int(model.config["box_stride"]),) * 2
         train_loader = make_box_loader(train_s, build_train_transforms(spec, cfg.augment), training_boxes(cfg),
-                                       cfg.batch_size, cfg.num_workers, cfg.cache_images, cfg.seed, box_grid=grid)
+                                       cfg.batch_size, cfg.num_workers, cfg.cache_images, cfg.seed, box_grid=grid,
+                                       box_dense=cfg.box_dense)
     val_loader = make_loader(val_s, build_transforms(spec), cfg.batch_size, num_workers=cfg.num_workers,
                              cache=cfg.cache_images)
     rows: list[dict[str, Any]] = []

@@ -67,7 +67,8 @@ class FractureModule(L.LightningModule):
                 keep = batch[4] > 0
                 if bool(keep.any()):
                     loss = loss + self.cfg.box_weight * centre_loss(out["box_map"][keep], batch[5][keep],
-                                                                    batch[6][keep], batch[7][keep])
+                                                                    batch[6][keep], batch[7][keep],
+                                                                    box_loss=self.cfg.box_loss)
         else:
             logits = self(x)
             loss = self._loss(logits, y)

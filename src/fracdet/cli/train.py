@@ -67,6 +67,11 @@ def add_train(sub: Any) -> None:
                         "loss (0 = off; needs --map-weight)")
     p.add_argument("--box-stride", type=int, choices=[8, 16], help="box head resolution (default 16; 8 adds the "
                                                                       "stride-8 stage)")
+    p.add_argument("--box-loss", choices=["l1", "giou"],
+                   help="box regression: l1 on offset and log size (default, CenterNet) or giou of the decoded box")
+    p.add_argument("--box-dense", type=float, metavar="G",
+                   help="also regress each box at the cells around its centre where its Gaussian is >= G "
+                        "(TTFNet; default 0: the centre cell only)")
     p.add_argument("--accelerator", help="lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", help="lightning devices: auto, 1, 2, ...")
     p.add_argument("--num-nodes", type=int)
@@ -148,7 +153,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
                  "unfreeze_from", "optimizer", "weight_decay", "scheduler", "monitor", "patience", "batch_size",
                  "input_size", "head_hidden", "dropout", "num_workers", "accelerator", "devices", "num_nodes",
                  "strategy", "precision", "limit_train_batches", "limit_val_batches", "weights",
-                 "map_weight", "boxes", "map_stride", "map_fuse", "box_weight", "box_stride", "calibration"):
+                 "map_weight", "boxes", "map_stride", "map_fuse", "box_weight", "box_stride", "box_loss",
+                 "box_dense", "calibration"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     for flag, field, value in (("no_pretrained", "pretrained", False), ("resplit", "resplit", True),

@@ -119,13 +119,15 @@ class BoxDataset(ImageDataset):
     """:class:`~fracdet.data.loader.ImageDataset` that also yields each film's box mask (1×S×S,
     moved by the same augmentation as the image) and its map-loss weight:
     ``(tensor, label, index, mask, weight)``; with ``box_grid`` (h, w) also a box head's targets
-    on that grid from the film's boxes moved by the same draw: ``+ (heat, reg, centre)``."""
+    on that grid from the film's boxes moved by the same draw: ``+ (heat, reg, regression weights)``
+    (``box_dense``: see :func:`grid_targets`)."""
 
     def __init__(self, samples: Sequence[Any], transform: ModelTransform, boxes: dict[str, list[Box]],
-                 cache: bool = False, box_grid: tuple[int, int] | None = None) -> None:
+                 cache: bool = False, box_grid: tuple[int, int] | None = None, box_dense: float = 0.0) -> None:
         super().__init__(samples, transform, cache=cache)
         self.boxes = boxes
         self.box_grid = None if box_grid is None else (int(box_grid[0]), int(box_grid[1]))
+        self.box_dense = float(box_dense)
         self._hw: dict[int, tuple[int, int]] = {}
 
     def _found(self, i: int) -> list[Box]:
@@ -181,7 +183,8 @@ class BoxDataset(ImageDataset):
         if self.box_grid is None:
             return item
         kept = moved[(moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])]  # moved off the input: gone
-        return item + tuple(torch.from_numpy(a) for a in grid_targets(kept, spec.input_size, self.box_grid))
+        return item + tuple(torch.from_numpy(a) for a in grid_targets(kept, spec.input_size, self.box_grid,
+                                                                                 self.box_dense))
 
 
 def collate_boxes(batch: list[Any]) -> tuple[torch.Tensor, ...]:
@@ -197,11 +200,13 @@ def collate_boxes(batch: list[Any]) -> tuple[torch.Tensor, ...]:
 
 def make_box_loader(samples: Sequence[Any], transform: ModelTransform, boxes: dict[str, list[Box]],
                     batch_size: int = 32, num_workers: int = 0, cache: bool = False,
-                    seed: int = 0, box_grid: tuple[int, int] | None = None) -> torch.utils.data.DataLoader:
+                    seed: int = 0, box_grid: tuple[int, int] | None = None,
+                    box_dense: float = 0.0) -> torch.utils.data.DataLoader:
     """A shuffled training loader of :class:`BoxDataset` items: order and augmentation per epoch
     from ``seed`` (:class:`~fracdet.data.loader.EpochShuffle`, as the image loader, so --resume
-    holds); ``box_grid``: with a box head's targets on that grid."""
-    dataset = BoxDataset(samples, transform, boxes, cache=cache and num_workers == 0, box_grid=box_grid)
+    holds); ``box_grid``: with a box head's targets on that grid (``box_dense`` as :func:`grid_targets`)."""
+    dataset = BoxDataset(samples, transform, boxes, cache=cache and num_workers == 0, box_grid=box_grid,
+                         box_dense=box_dense)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(dataset, seed),
                                        num_workers=num_workers, collate_fn=collate_boxes,
                                        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
