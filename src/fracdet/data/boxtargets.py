@@ -66,7 +66,8 @@ def grid_targets(xyxy: np.ndarray, size: int, grid: tuple[int, int], dense: floa
     log w) in cells, and the regression weights: 1 at the centre cells (``dense`` 0, CenterNet),
     or (``dense`` in (0, 1), as TTFNet) also at every cell where the box's Gaussian is ≥ ``dense``,
     weighted by it, each box's weights summing to 1 (a cell two boxes claim goes to the one whose
-    Gaussian is higher there, so the other's sum less).  A box under one input pixel wide or high counts as one pixel."""
+    Gaussian is higher there, and the other's sum is less).  A box under one input pixel wide or
+    high counts as one pixel."""
     gh, gw = int(grid[0]), int(grid[1])
     stride_y, stride_x = size / gh, size / gw
     heat = np.zeros((gh, gw), np.float32)
@@ -81,8 +82,8 @@ def grid_targets(xyxy: np.ndarray, size: int, grid: tuple[int, int], dense: floa
         sigma = max(0.5, max(bh_c, bw_c) / 6)
         g = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma ** 2)).astype(np.float32)
         heat = np.maximum(heat, g)
-        cells = (g >= dense) & (g > owner) if dense > 0 else (rows == r) & (cols == c)
-        cells[r, c] = True
+        cells = (g >= dense) & (g > owner) if dense > 0 else np.zeros((gh, gw), bool)
+        cells[r, c] = True  # the centre cell always
         w = np.where(cells, g, 0.0)
         weight = np.where(cells, w / w.sum(), weight)
         owner = np.where(cells, g, owner)
