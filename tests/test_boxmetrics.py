@@ -80,3 +80,23 @@ def test_a_box_in_the_right_place_drawn_too_small_counts_at_iou_025_not_050():
     assert summ["map50"] == 0.0 and summ["map25"] == pytest.approx(1.0)
     loose = detection_summary(small, truth, iou_threshold=0.25, also_at=(0.1, 0.25))
     assert "map50" not in loose and loose["map25"] == loose["map10"] == pytest.approx(1.0)
+
+
+def test_detection_interval_resamples_films_and_holds_the_estimate():
+    from fracdet.boxmetrics import detection_ci
+
+    rng = np.random.default_rng(3)
+    truths = [[(10, 10, 30, 30)] for _ in range(30)] + [[] for _ in range(60)]
+    # half the fractures found (score 0.9), the rest missed by a box elsewhere; normal films a weak false box
+    preds = [[(10, 10, 30, 30, 0.9)] if i % 2 == 0 else [(60, 60, 80, 80, 0.8)] for i in range(30)]
+    preds += [[(0, 0, 5, 5, float(rng.uniform(0.1, 0.7)))] for _ in range(60)]
+    summ = detection_summary(preds, truths, n_resamples=200, seed=1)
+    ci = summ["ci"]
+    assert ci["map50"]["estimate"] == pytest.approx(summ["map50"])
+    assert ci["sensitivity_at_1fp"]["estimate"] == summ["sensitivity_at_1fp"] == 0.5
+    for k in ("map50", "sensitivity_at_1fp"):
+        assert ci[k]["low"] < ci[k]["estimate"] < ci[k]["high"] and ci[k]["n_resamples"] == 200
+    assert ci == detection_ci(preds, truths, n_resamples=200, seed=1)  # seeded: the same interval again
+    perfect = detection_ci([[(10, 10, 30, 30, 0.9)]] * 5 + [[]] * 5, [[(10, 10, 30, 30)]] * 5 + [[]] * 5, n_resamples=50)
+    assert perfect["map50"]["low"] == perfect["map50"]["high"] == 1.0
+    assert "ci" not in detection_summary(preds, truths)  # off unless asked

@@ -191,11 +191,23 @@ def test_box_detection_over_fractured_and_normal_films(tmp_path):
     # the model's boxes: both true boxes ranked first, then 5 false ones (one per film) → AP 1, sens@1FP 1
     assert det["model"]["map50"] == pytest.approx(1.0) and det["model"]["sensitivity_at_1fp"] == 1.0
     assert det["model"]["n_predicted_boxes"] == 7
+    assert det["model"]["ci"]["map50"]["low"] == det["model"]["ci"]["map50"]["high"] == 1.0  # every resample: perfect
     centre = s["detection_baselines"]["centre"]
     assert centre["n_predicted_boxes"] == 5 and 0.0 <= centre["map50"] <= 1.0
     # the whole-film box has IoU 0.25 with the centre box: a miss; so at most one of two boxes is found
     assert centre["sensitivity_at_1fp"] <= 0.5
     text = format_localisation(s)
-    assert "mAP50" in text and "[centre]" in text and "model" in text
+    assert "mAP50" in text and "[centre]" in text and "model" in text and "[1.000, 1.000]" in text
     frag = localisation_html(s, tmp_path / "none")
     assert "box mAP50" in frag and "baseline: centre" in frag
+
+
+def test_the_model_card_gives_box_scores_with_their_interval_when_the_evaluation_has_one():
+    from fracdet.modelcard import _detection
+
+    d = {"map50": 0.1, "sensitivity_at_1fp": 0.2,
+         "ci": {"map50": {"low": 0.05, "high": 0.15}, "sensitivity_at_1fp": {"low": 0.1, "high": 0.3}}}
+    assert _detection({"detection": {"model": d}}, "model") == "0.100 [0.050, 0.150] | 0.200 [0.100, 0.300]"
+    old = {k: v for k, v in d.items() if k != "ci"}  # an evaluation from before the intervals
+    assert _detection({"detection": {"model": old}}, "model") == "0.100 | 0.200"
+    assert _detection({}, "model") == "– | –"

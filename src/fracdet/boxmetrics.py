@@ -104,10 +104,12 @@ def sensitivity_at_fp(scores: np.ndarray, hits: np.ndarray, n_true: int, n_films
 
 
 def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: float = 0.5,
-                      rates: Sequence[float] = FROC_RATES, also_at: Sequence[float] = (0.25,)) -> dict[str, Any]:
+                      rates: Sequence[float] = FROC_RATES, also_at: Sequence[float] = (0.25,),
+                      n_resamples: int = 0, seed: int = 0) -> dict[str, Any]:
     """mAP at ``iou_threshold`` (one class: AP), sensitivity at 1 FP box per film with its score
     threshold, the FROC points at ``rates``, the counts, and the AP at each looser IoU of
-    ``also_at`` (``map25``: a box in the right place, drawn the wrong size, counts there)."""
+    ``also_at`` (``map25``: a box in the right place, drawn the wrong size, counts there); with
+    ``n_resamples`` > 0 also ``ci``: :func:`detection_ci` of the mAP and the sensitivity."""
     scores, hits, n_true = match_boxes(preds, truths, iou_threshold)
     sens, thr = sensitivity_at_fp(scores, hits, n_true, len(preds), 1.0)
     out: dict[str, Any] = {
@@ -120,6 +122,41 @@ def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold
     for t in also_at:
         if t != iou_threshold:
             out[_ap_key(t)] = average_precision(*match_boxes(preds, truths, t))
+    if n_resamples > 0:
+        out["ci"] = detection_ci(preds, truths, iou_threshold, n_resamples, seed)
+    return out
+
+
+def detection_ci(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: float = 0.5, n_resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap intervals of the mAP and the sensitivity at 1 FP box per film, the
+    films resampled with replacement (films with true boxes and films without drawn separately,
+    keeping their counts; a film's boxes are matched once, within the film, so resampling films
+    is exact).  Seeded: the same inputs give the same interval."""
+    per_film = [match_boxes([p], [t], iou_threshold) for p, t in zip(preds, truths)]
+    key = _ap_key(iou_threshold)
+
+    def point(films: np.ndarray) -> tuple[float, float]:
+        chosen = [per_film[i] for i in films]
+        s = np.concatenate([c[0] for c in chosen]) if chosen else np.zeros(0)
+        h = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, bool)
+        n = sum(c[2] for c in chosen)
+        return average_precision(s, h, n), sensitivity_at_fp(s, h, n, len(films), 1.0)[0]
+
+    everyone = np.arange(len(per_film))
+    boxed = np.array([i for i in everyone if per_film[i][2] > 0], dtype=int)
+    normal = np.array([i for i in everyone if per_film[i][2] == 0], dtype=int)
+    rng = np.random.default_rng(seed)
+    draws = np.array([point(np.concatenate([rng.choice(boxed, len(boxed)) if len(boxed) else boxed,
+                                            rng.choice(normal, len(normal)) if len(normal) else normal]))
+                      for _ in range(int(n_resamples))]).reshape(-1, 2)
+    alpha = (1.0 - level) / 2
+    out: dict[str, dict[str, float]] = {}
+    for j, (name, estimate) in enumerate(zip((key, "sensitivity_at_1fp"), point(everyone))):
+        vals = draws[:, j][~np.isnan(draws[:, j])]
+        low, high = np.quantile(vals, [alpha, 1 - alpha]) if len(vals) else (float("nan"), float("nan"))
+        out[name] = {"estimate": float(estimate), "low": float(low), "high": float(high), "level": level,
+                     "n_resamples": int(n_resamples)}
     return out
 
 

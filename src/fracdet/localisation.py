@@ -45,6 +45,7 @@ BASELINES = ("centre", "bone")
 DEFAULT_TOLERANCE = 0.025
 DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam")
 MODEL = "model"  # the model's own learned map / boxes, when it has them
+BOOTSTRAP_RESAMPLES = 1000  # the box scores' bootstrap intervals, as for the image metrics
 PROPOSALS = "model (all)"  # a box head's every proposal down to PROPOSAL_FLOOR, as detection benchmarks rank them
 
 
@@ -317,8 +318,8 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*map_methods, *BASELINES]}
     else:
         summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*methods, *BASELINES]}
-    summary["detection"] = {m: detection_summary(d, truths) for m, d in detections.items()
-                            if m != "centre" and len(d) == len(truths)}
+    summary["detection"] = {m: detection_summary(d, truths, n_resamples=BOOTSTRAP_RESAMPLES)
+                            for m, d in detections.items() if m != "centre" and len(d) == len(truths)}
     summary["detection_baselines"] = {"centre": detection_summary(detections["centre"], truths)}
     summary["settings"] = {"tolerance": tolerance, "box_threshold": box_threshold, "methods": map_methods,
                            "baselines": list(BASELINES), "n_images": len(per_image), "box_fraction": box_fraction,
@@ -362,16 +363,24 @@ def format_localisation(summary: dict[str, Any]) -> str:
         st = summary.get("settings", {})
         lines += ["", f"boxes as detections ({st.get('n_images', 0)} fractured + {st.get('n_normal_films', 0)} normal "
                   "films; IoU ≥ 0.5):",
-                  f"{'boxes from':<12} {'mAP50':>7} {'sens@1FP':>9} {'mAP25':>7} {'true':>5} {'predicted':>10}"]
+                  f"{'boxes from':<12} {'mAP50':>7} {'[95% CI]':>14} {'sens@1FP':>9} {'mAP25':>7} {'true':>5} {'predicted':>10}"]
         for name, d in det:
-            lines.append(f"{name:<12} {f(d.get('map50')):>7} {f(d.get('sensitivity_at_1fp')):>9} {f(d.get('map25')):>7} "
+            lines.append(f"{name:<12} {f(d.get('map50')):>7} {_ci_text(d, 'map50'):>14} {f(d.get('sensitivity_at_1fp')):>9} "
+                         f"{f(d.get('map25')):>7} "
                          f"{d.get('n_true_boxes', 0):>5} {d.get('n_predicted_boxes', 0):>10}")
-        lines.append("(sens@1FP: share of true boxes hit at the score threshold giving 1 false-positive box per film; "
+        lines.append("(95% CI: films resampled, bootstrap; sens@1FP: share of true boxes hit at the score threshold "
+                     "giving 1 false-positive box per film; "
                      "mAP25: AP at IoU ≥ 0.25, where a box in the right place but the wrong size still counts)")
         if any(name == PROPOSALS for name, _ in det):
             lines.append(f"({PROPOSALS}: every box the box head proposes, down to a centre score of {PROPOSAL_FLOOR:g}, "
                          "as detection benchmarks rank them; model: the boxes it shows, above its threshold)")
     return "\n".join(lines)
+
+
+def _ci_text(d: dict[str, Any], key: str) -> str:
+    """'[low, high]' of a detection summary's bootstrap interval, or '' without one."""
+    ci = (d.get("ci") or {}).get(key)
+    return f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
 
 
 def _detection_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -415,7 +424,8 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
                                                    "box mAP25", "true boxes", "predicted boxes"))
         dbody = "".join(
             f"<tr><td>{html.escape(name.strip('[]') if not name.startswith('[') else 'baseline: ' + name[1:-1])}</td>"
-            f"<td>{num(d.get('map50'))}</td><td>{num(d.get('sensitivity_at_1fp'))}</td><td>{num(d.get('map25'))}</td>"
+            f"<td>{num(d.get('map50'))} {_ci_text(d, 'map50')}</td><td>{num(d.get('sensitivity_at_1fp'))} "
+            f"{_ci_text(d, 'sensitivity_at_1fp')}</td><td>{num(d.get('map25'))}</td>"
             f"<td>{d.get('n_true_boxes')}</td><td>{d.get('n_predicted_boxes')}</td></tr>" for name, d in det)
         parts += ["<h3>Boxes as detections</h3>",
                   f"<p>{st.get('n_images', 0)} fractured film(s) with boxes and {st.get('n_normal_films', 0)} normal "
@@ -425,7 +435,8 @@ def localisation_html(summary: dict[str, Any], out_dir: str | Path, max_examples
                   f"{PROPOSALS}: every box its box head proposes down to a centre score of {PROPOSAL_FLOOR:g}, as "
                   "detection benchmarks rank them); baseline: one box over the central half, scored by the probability. "
                   "mAP50: COCO 101-point AP at IoU ≥ 0.5; sensitivity at the score threshold giving one "
-                  "false-positive box per film on average (FROC); mAP25: AP at IoU ≥ 0.25, where a box in the right place "
+                  "false-positive box per film on average (FROC); in brackets the 95% bootstrap interval (films resampled, "
+                  "those with boxes and normal ones apart); mAP25: AP at IoU ≥ 0.25, where a box in the right place "
                   "but drawn the wrong size still counts.</p>",
                   f"<table><tr>{dhead}</tr>{dbody}</table>"]
     for method, pngs in localisation_figures(out_dir).items():

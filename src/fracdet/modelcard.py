@@ -218,7 +218,13 @@ def _detection(loc: dict[str, Any], name: str) -> str:
     d = (loc.get("detection") or {}).get(name) or (loc.get("detection_baselines") or {}).get(name)
     if not isinstance(d, dict) or "map50" not in d:
         return "– | –"
-    return f"{d['map50']:.3f} | {d.get('sensitivity_at_1fp', float('nan')):.3f}"
+    ci = d.get("ci") or {}
+
+    def with_ci(key: str) -> str:
+        v = d.get(key, float("nan"))
+        return f"{v:.3f} [{ci[key]['low']:.3f}, {ci[key]['high']:.3f}]" if key in ci else f"{v:.3f}"
+
+    return f"{with_ci('map50')} | {with_ci('sensitivity_at_1fp')}"
 
 
 def _localisation_lines(art: ModelArtifact) -> list[str]:
@@ -253,7 +259,8 @@ def _localisation_lines(art: ModelArtifact) -> list[str]:
         return lines + [""]
     lines += ["", "Against the radiologists' boxes (FracAtlas COCO boxes): pointing game = the map's maximum inside a "
                   "box (2.5% tolerance), on the fractured films with boxes; boxes as detections over all films of "
-                  "the split (mAP50: COCO AP at IoU ≥ 0.5; sensitivity at one false-positive box per film).", "",
+                  "the split (mAP50: COCO AP at IoU ≥ 0.5; sensitivity at one false-positive box per film; in brackets "
+                  "the 95% bootstrap interval over films, where the evaluation computed one).", "",
               "| split | pointing: model's map | Grad-CAM | image centre | model boxes mAP50 | sens. at 1 FP/film |",
               "|---|---|---|---|---|---|"]
     for s, loc in splits:
