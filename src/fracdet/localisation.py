@@ -320,7 +320,8 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
         summary["predicted_fractured"] = {m: tallies[m].summary(positive) for m in [*methods, *BASELINES]}
     summary["detection"] = {m: detection_summary(d, truths, n_resamples=BOOTSTRAP_RESAMPLES)
                             for m, d in detections.items() if m != "centre" and len(d) == len(truths)}
-    summary["detection_baselines"] = {"centre": detection_summary(detections["centre"], truths)}
+    summary["detection_baselines"] = {"centre": detection_summary(detections["centre"], truths,
+                                                                  n_resamples=BOOTSTRAP_RESAMPLES)}
     summary["settings"] = {"tolerance": tolerance, "box_threshold": box_threshold, "methods": map_methods,
                            "baselines": list(BASELINES), "n_images": len(per_image), "box_fraction": box_fraction,
                            "n_normal_films": len(truths) - len(per_image)}
