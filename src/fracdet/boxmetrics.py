@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fracdet.metrics import percentile_interval, stratified_resample
+
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -147,17 +149,9 @@ def detection_ci(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: flo
     boxed = np.array([i for i in everyone if per_film[i][2] > 0], dtype=int)
     normal = np.array([i for i in everyone if per_film[i][2] == 0], dtype=int)
     rng = np.random.default_rng(seed)
-    draws = np.array([point(np.concatenate([rng.choice(boxed, len(boxed)) if len(boxed) else boxed,
-                                            rng.choice(normal, len(normal)) if len(normal) else normal]))
-                      for _ in range(int(n_resamples))]).reshape(-1, 2)
-    alpha = (1.0 - level) / 2
-    out: dict[str, dict[str, float]] = {}
-    for j, (name, estimate) in enumerate(zip((key, "sensitivity_at_1fp"), point(everyone))):
-        vals = draws[:, j][~np.isnan(draws[:, j])]
-        low, high = np.quantile(vals, [alpha, 1 - alpha]) if len(vals) else (float("nan"), float("nan"))
-        out[name] = {"estimate": float(estimate), "low": float(low), "high": float(high), "level": level,
-                     "n_resamples": int(n_resamples)}
-    return out
+    draws = np.array([point(stratified_resample(rng, boxed, normal)) for _ in range(int(n_resamples))]).reshape(-1, 2)
+    return {name: percentile_interval(float(estimate), draws[:, j], level, n_resamples)
+            for j, (name, estimate) in enumerate(zip((key, "sensitivity_at_1fp"), point(everyone)))}
 
 
 def _ap_key(iou_threshold: float) -> str:

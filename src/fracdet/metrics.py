@@ -145,18 +145,26 @@ def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n_resam
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     draws: dict[str, list[float]] = {k: [] for k in CI_METRICS}
     for _ in range(max(int(n_resamples), 0) if len(y) else 0):
-        idx = np.concatenate([rng.choice(pos, len(pos)) if len(pos) else pos,
-                              rng.choice(neg, len(neg)) if len(neg) else neg])
+        idx = stratified_resample(rng, pos, neg)
         for k, v in _point_metrics(y[idx], p[idx], threshold).items():
             draws[k].append(v)
+    return {k: percentile_interval(point[k], draws[k], level, n_resamples) for k in CI_METRICS}
+
+
+def stratified_resample(rng: np.random.Generator, *groups: np.ndarray) -> np.ndarray:
+    """One bootstrap resample of indices: each group drawn with replacement at its own size
+    (an empty group stays empty), concatenated in order."""
+    return np.concatenate([rng.choice(g, len(g)) if len(g) else g for g in groups])
+
+
+def percentile_interval(estimate: float, draws: Sequence[float], level: float, n_resamples: int) -> dict[str, float]:
+    """``{"estimate", "low", "high", "level", "n_resamples"}``: the percentile interval of the
+    bootstrap ``draws`` (NaN draws left out; NaN bounds when none is left)."""
+    vals = np.asarray([v for v in draws if v == v], dtype=float)
     alpha = (1.0 - level) / 2
-    out: dict[str, dict[str, float]] = {}
-    for k in CI_METRICS:
-        vals = np.asarray([v for v in draws[k] if v == v], dtype=float)
-        low, high = (np.quantile(vals, [alpha, 1 - alpha]) if len(vals) else (float("nan"), float("nan")))
-        out[k] = {"estimate": point[k], "low": float(low), "high": float(high), "level": level,
-                  "n_resamples": int(n_resamples)}
-    return out
+    low, high = np.quantile(vals, [alpha, 1 - alpha]) if len(vals) else (float("nan"), float("nan"))
+    return {"estimate": estimate, "low": float(low), "high": float(high), "level": level,
+            "n_resamples": int(n_resamples)}
 
 
 def with_bootstrap_ci(m: dict[str, Any], y_true: np.ndarray, prob: np.ndarray, threshold: float,

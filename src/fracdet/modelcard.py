@@ -218,13 +218,7 @@ def _detection(loc: dict[str, Any], name: str) -> str:
     d = (loc.get("detection") or {}).get(name) or (loc.get("detection_baselines") or {}).get(name)
     if not isinstance(d, dict) or "map50" not in d:
         return "– | –"
-    ci = d.get("ci") or {}
-
-    def with_ci(key: str) -> str:
-        v = d.get(key, float("nan"))
-        return f"{v:.3f} [{ci[key]['low']:.3f}, {ci[key]['high']:.3f}]" if key in ci else f"{v:.3f}"
-
-    return f"{with_ci('map50')} | {with_ci('sensitivity_at_1fp')}"
+    return f"{_cell(d, 'map50')} | {_cell(d, 'sensitivity_at_1fp')}"
 
 
 def _localisation_lines(art: ModelArtifact) -> list[str]:
