@@ -30,7 +30,7 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
 from fracdet.artifact import load_artifact
-from fracdet.boxmetrics import average_precision, detection_summary, iou_matrix, match_boxes
+from fracdet.boxmetrics import boxed_and_normal, detection_summary, film_matches, iou_matrix, pooled_scores
 from fracdet.data.layouts import load_dataset
 from fracdet.data.selection import select_samples
 from fracdet.fsutil import write_json
@@ -168,22 +168,17 @@ def validation_proposals(predictor: Predictor, samples: Sequence[Any], coco: dic
 
 def paired_rise(before: Sequence[Any], after: Sequence[Any], truths: Sequence[Any], n: int = 1000,
                 seed: int = 0) -> dict[str, float]:
-    """AP50(after) − AP50(before) with its percentile interval, films resampled together."""
-    per = [(match_boxes([b], [t]), match_boxes([a], [t])) for b, a, t in zip(before, after, truths)]
+    """AP50(after) − AP50(before) with its percentile interval, films resampled together
+    (boxed and normal films apart, as `fracdet evaluate` and `fracdet compare` resample)."""
+    was, now = film_matches(before, truths), film_matches(after, truths)
 
-    def ap(ix: np.ndarray, j: int) -> float:
-        chosen = [per[i][j] for i in ix]
-        return average_precision(np.concatenate([c[0] for c in chosen]), np.concatenate([c[1] for c in chosen]),
-                                 sum(c[2] for c in chosen))
+    def rise(films: np.ndarray) -> float:
+        return pooled_scores(now, films)[0] - pooled_scores(was, films)[0]
 
-    every = np.arange(len(per))
-    boxed, normal = every[[per[i][0][2] > 0 for i in every]], every[[per[i][0][2] == 0 for i in every]]
+    boxed, normal = boxed_and_normal(was)
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n):
-        ix = stratified_resample(rng, boxed, normal)
-        draws.append(ap(ix, 1) - ap(ix, 0))
-    return percentile_interval(ap(every, 1) - ap(every, 0), draws, 0.95, n)
+    draws = [rise(stratified_resample(rng, boxed, normal)) for _ in range(n)]
+    return percentile_interval(rise(np.arange(len(was))), draws, 0.95, n)
 
 
 def main() -> None:

@@ -184,8 +184,14 @@ def test_box_detection_over_fractured_and_normal_films(tmp_path):
     normal = [s for s in samples if s.label == 0]
     truth = {"img_1_000.png": [(10.0, 20.0, 30.0, 10.0)], "img_1_002.png": [(0.0, 0.0, 80.0, 96.0)]}
     predictor = BoxingPredictor(load_artifact(tiny_model_file(tmp_path)), backend="torch")
-    s = evaluate_localisation(predictor, fractured, truth, ["gradcam"], None, progress=False, negatives=normal).summary
+    s = evaluate_localisation(predictor, fractured, truth, ["gradcam"], tmp_path / "loc", n_examples=0,
+                              progress=False, negatives=normal).summary
     assert s["settings"]["n_images"] == 2 and s["settings"]["n_normal_films"] == 3
+    # every film's boxes are kept for `fracdet compare`: true boxes, and each source's scored boxes
+    films = {Path(f["path"]).name: f for f in json.loads((tmp_path / "loc" / "detections.json").read_text())["films"]}
+    assert len(films) == 5 and films["img_1_000.png"]["true"] == [[10.0, 20.0, 40.0, 30.0]]
+    assert films["img_1_000.png"]["boxes"]["model"] == [[10.0, 20.0, 40.0, 30.0, 0.9], [70.0, 0.0, 80.0, 10.0, 0.1]]
+    assert films["img_0_000.png"]["true"] == [] and set(films["img_0_000.png"]["boxes"]) == {"gradcam", "centre", "model"}
     det = s["detection"]
     assert set(det) == {"gradcam", "model"} and det["gradcam"]["n_films"] == 5 and det["gradcam"]["n_true_boxes"] == 2
     # the model's boxes: both true boxes ranked first, then 5 false ones (one per film) → AP 1, sens@1FP 1

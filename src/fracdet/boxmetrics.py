@@ -21,6 +21,9 @@ from fracdet.metrics import percentile_interval, stratified_resample
 
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+DETECTIONS_FILE = "detections.json"
+"""An evaluation's per-film boxes: each film's true boxes and every box source's scored boxes
+(written by ``fracdet evaluate --boxes``, read by ``fracdet compare``)."""
 
 
 def _boxes(a: Any, width: int) -> np.ndarray:
@@ -129,29 +132,49 @@ def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold
     return out
 
 
+FilmMatches = tuple[np.ndarray, np.ndarray, int]
+"""One film's :func:`match_boxes`: its boxes' scores, their true-positive flags, its true boxes."""
+
+
+def film_matches(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: float = 0.5) -> list[FilmMatches]:
+    """:func:`match_boxes` film by film: a film's boxes only ever match within the film, so the
+    films of any resample are scored exactly by :func:`pooled_scores` of their entries."""
+    if len(preds) != len(truths):
+        raise ValueError("one list of predicted boxes per film with true boxes expected")
+    return [match_boxes([p], [t], iou_threshold) for p, t in zip(preds, truths)]
+
+
+def pooled_scores(per_film: Sequence[FilmMatches], films: Sequence[int]) -> tuple[float, float]:
+    """AP and sensitivity at 1 FP box per film over the ``films`` (indices into ``per_film``,
+    repeats allowed: a bootstrap resample)."""
+    chosen = [per_film[i] for i in films]
+    s = np.concatenate([c[0] for c in chosen]) if chosen else np.zeros(0)
+    h = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, bool)
+    n = sum(c[2] for c in chosen)
+    return average_precision(s, h, n), sensitivity_at_fp(s, h, n, len(chosen), 1.0)[0]
+
+
+def boxed_and_normal(per_film: Sequence[FilmMatches]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the films with true boxes and of those without (the bootstrap's two strata)."""
+    boxed = np.array([i for i, c in enumerate(per_film) if c[2] > 0], dtype=int)
+    normal = np.array([i for i, c in enumerate(per_film) if c[2] == 0], dtype=int)
+    return boxed, normal
+
+
 def detection_ci(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: float = 0.5, n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
     """Percentile bootstrap intervals of the mAP and the sensitivity at 1 FP box per film, the
     films resampled with replacement (films with true boxes and films without drawn separately,
     keeping their counts; a film's boxes are matched once, within the film, so resampling films
     is exact).  Seeded: the same inputs give the same interval."""
-    per_film = [match_boxes([p], [t], iou_threshold) for p, t in zip(preds, truths)]
-    key = _ap_key(iou_threshold)
-
-    def point(films: np.ndarray) -> tuple[float, float]:
-        chosen = [per_film[i] for i in films]
-        s = np.concatenate([c[0] for c in chosen]) if chosen else np.zeros(0)
-        h = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, bool)
-        n = sum(c[2] for c in chosen)
-        return average_precision(s, h, n), sensitivity_at_fp(s, h, n, len(films), 1.0)[0]
-
-    everyone = np.arange(len(per_film))
-    boxed = np.array([i for i in everyone if per_film[i][2] > 0], dtype=int)
-    normal = np.array([i for i in everyone if per_film[i][2] == 0], dtype=int)
+    per_film = film_matches(preds, truths, iou_threshold)
+    boxed, normal = boxed_and_normal(per_film)
     rng = np.random.default_rng(seed)
-    draws = np.array([point(stratified_resample(rng, boxed, normal)) for _ in range(int(n_resamples))]).reshape(-1, 2)
+    draws = np.array([pooled_scores(per_film, stratified_resample(rng, boxed, normal))
+                      for _ in range(int(n_resamples))]).reshape(-1, 2)
+    estimates = pooled_scores(per_film, np.arange(len(per_film)))
     return {name: percentile_interval(float(estimate), draws[:, j], level, n_resamples)
-            for j, (name, estimate) in enumerate(zip((key, "sensitivity_at_1fp"), point(everyone)))}
+            for j, (name, estimate) in enumerate(zip((_ap_key(iou_threshold), "sensitivity_at_1fp"), estimates))}
 
 
 def _ap_key(iou_threshold: float) -> str:

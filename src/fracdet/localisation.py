@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fracdet.boxmetrics import boxes_from_map, detection_summary, xywh_to_corners
+from fracdet.boxmetrics import DETECTIONS_FILE, boxes_from_map, detection_summary, xywh_to_corners
 from fracdet.errors import FracdetError
 from fracdet.explain import Box, top_box
 from fracdet.fracturemap import PROPOSAL_FLOOR
@@ -241,6 +241,7 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
     examples: dict[str, list[Path]] = {m: [] for m in methods}
     detections: dict[str, list[Any]] = {m: [] for m in [*methods, "centre"]}
     truths: list[Any] = []
+    films: list[str] = []  # the path of each film scored for boxes, in the order of ``truths``
     ex_dir = Path(out_dir) / "examples" if out_dir is not None else None
     batches = [chosen[i:i + batch_size] for i in range(0, len(chosen), batch_size)]
     iterator: Iterable[Any] = batches
@@ -273,6 +274,7 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
             bxs = boxes.get(Path(str(xr.path)).name, [])
             shape = maps[methods[0]][j].shape if methods else (xr.pixels.shape[0], xr.pixels.shape[1])
             truths.append(xywh_to_corners(bxs))
+            films.append(str(xr.path))
             prob = float(pred.probability or 0.0)
             for m in methods:
                 detections[m].append(boxes_from_map(maps[m][j], prob, box_fraction))
@@ -330,7 +332,18 @@ def evaluate_localisation(predictor: Any, samples: Sequence[Any], boxes: dict[st
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(out_dir) / "localisation.json", {"summary": summary, "images": per_image})
+        write_json(Path(out_dir) / DETECTIONS_FILE, film_detections(films, truths, detections))
     return LocalisationResult(summary, examples, per_image)
+
+
+def film_detections(films: Sequence[str], truths: Sequence[Any], detections: dict[str, list[Any]]) -> dict[str, Any]:
+    """What :data:`DETECTIONS_FILE` holds: each film's path, true boxes and every box source's
+    scored boxes (original pixels), so that two evaluations can be compared film by film."""
+    sources = [m for m, d in detections.items() if len(d) == len(films)]
+    rows = [{"path": path, "true": [list(map(float, b)) for b in truth],
+             "boxes": {m: [list(map(float, b)) for b in detections[m][i]] for m in sources}}
+            for i, (path, truth) in enumerate(zip(films, truths))]
+    return {"format": "fracdet-detections/1", "sources": sources, "films": rows}
 
 
 def localisation_figures(out_dir: str | Path) -> dict[str, list[Path]]:

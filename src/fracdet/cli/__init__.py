@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from fracdet import __version__
 from fracdet.cli.audit import add_audit, add_split
 from fracdet.cli.clinical import add_calibrate, add_ensemble
+from fracdet.cli.compare import add_compare
 from fracdet.cli.cv import add_cv
 from fracdet.cli.evaluate import add_evaluate
 from fracdet.cli.explain import add_explain
@@ -44,7 +45,7 @@ def _setup_logging(verbose: int) -> None:
     configure(verbose)
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_train, add_cv, add_tune, add_evaluate, add_predict, add_explain, add_audit, add_split,
+COMMANDS: list[Callable[[Any], None]] = [add_train, add_cv, add_tune, add_evaluate, add_compare, add_predict, add_explain, add_audit, add_split,
                                          add_calibrate, add_ensemble, add_quantize, add_fit_ood, add_upgrade, add_models, add_info,
                                          add_serve, add_records, add_dicomnode]
 

@@ -1,0 +1,228 @@
+"""Two evaluations of the same films, compared film by film (``fracdet compare``).
+
+Every figure of one evaluation has a wide interval on a few hundred films, and two models'
+intervals overlap even when one is reliably better: the films are shared, so the question is
+the *difference*. Here the films are resampled together (a paired, stratified percentile
+bootstrap: fractured and normal films drawn separately, keeping their counts), and each
+resample scores both models on the same films: ROC-AUC, PR-AUC, specificity at sensitivity
+≥ 0.95 and sensitivity at specificity ≥ 0.85 (read off each model's ROC curve), ECE and Brier
+score of the probabilities as given, the pointing game of every map method both scored, and
+box mAP50 and sensitivity at 1 false-positive box per film of every box source both scored.
+An interval of B − A that excludes 0 says which is better on these films; one that holds 0
+says these films cannot tell.
+
+Reads an evaluation folder as ``fracdet evaluate`` writes it: ``predictions.csv`` and, with
+``--boxes``, ``localisation/localisation.json`` and ``localisation/detections.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fracdet.boxmetrics import DETECTIONS_FILE, film_matches, pooled_scores
+from fracdet.calibration import expected_calibration_error
+from fracdet.errors import FracdetError
+from fracdet.metrics import average_precision, percentile_interval, roc_auc, stratified_resample
+from fracdet.operating import rates_at, sensitivity_threshold, specificity_threshold
+
+log = logging.getLogger(__name__)
+
+SENSITIVITY_TARGET = 0.95  # the `doubt` point's sensitivity
+SPECIFICITY_TARGET = 0.85
+HIGHER, LOWER = "higher", "lower"  # which way a metric is better
+
+
+@dataclass
+class Evaluation:
+    """One evaluation folder's per-film results, keyed by film path."""
+
+    folder: Path
+    y: dict[str, int]
+    probability: dict[str, float]
+    pointing: dict[str, dict[str, float]] = field(default_factory=dict)  # method → path → hit (0/1)
+    boxes: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # source → path → boxes
+    true_boxes: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FracdetError(f"{path}: not a readable JSON file ({exc.__class__.__name__})") from None
+
+
+def _film_key(path: str) -> str:
+    return Path(path).as_posix()
+
+
+def read_evaluation(folder: str | Path) -> Evaluation:
+    """The per-film results of a ``fracdet evaluate`` output folder (one-line error when unusable)."""
+    root = Path(folder)
+    rows_path = root / "predictions.csv"
+    if not rows_path.is_file():
+        raise FracdetError(f"{root}: no predictions.csv (not a `fracdet evaluate` output folder)")
+    y: dict[str, int] = {}
+    prob: dict[str, float] = {}
+    try:
+        with rows_path.open(encoding="utf-8", newline="") as fh:
+            for n, row in enumerate(csv.DictReader(fh), start=2):
+                key = _film_key(row["path"])
+                p, t = float(row["probability"]), int(row["true_label"])
+                if not 0.0 <= p <= 1.0 or t not in (0, 1):
+                    raise ValueError(f"line {n}: probability {p} or label {t} out of range")
+                y[key], prob[key] = t, p
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise FracdetError(f"{rows_path}: not a predictions table of `fracdet evaluate` ({exc})") from None
+    ev = Evaluation(root, y, prob)
+    loc = root / "localisation" / "localisation.json"
+    if loc.is_file():
+        for img in _read_json(loc).get("images", []):
+            for method, score in img.items():
+                if isinstance(score, dict) and "pointing_game" in score:
+                    ev.pointing.setdefault(method, {})[_film_key(img["path"])] = float(score["pointing_game"])
+    det = root / "localisation" / DETECTIONS_FILE
+    if det.is_file():
+        d = _read_json(det)
+        try:
+            for film in d["films"]:
+                key = _film_key(film["path"])
+                ev.true_boxes[key] = [list(map(float, b[:4])) for b in film["true"]]
+                for source, bxs in film["boxes"].items():
+                    ev.boxes.setdefault(source, {})[key] = [list(map(float, b[:5])) for b in bxs]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FracdetError(f"{det}: not a detections file of `fracdet evaluate` ({exc})") from None
+    return ev
+
+
+def _same_films(a: Evaluation, b: Evaluation) -> list[str]:
+    """The films both scored, refusing two evaluations of different films or labels."""
+    if set(a.y) != set(b.y):
+        only_a, only_b = sorted(set(a.y) - set(b.y)), sorted(set(b.y) - set(a.y))
+        example = (only_a or only_b)[0]
+        raise FracdetError(f"{a.folder} and {b.folder} evaluated different films ({len(only_a)} only in the first, "
+                           f"{len(only_b)} only in the second, e.g. {example}): compare evaluations of one split")
+    films = sorted(a.y)
+    differ = [f for f in films if a.y[f] != b.y[f]]
+    if differ:
+        raise FracdetError(f"{a.folder} and {b.folder} disagree on the label of {len(differ)} film(s), e.g. {differ[0]}")
+    return films
+
+
+def _spec_at_sens(y: np.ndarray, p: np.ndarray) -> float:
+    return rates_at(y, p, sensitivity_threshold(y, p, SENSITIVITY_TARGET))["specificity"]
+
+
+def _sens_at_spec(y: np.ndarray, p: np.ndarray) -> float:
+    return rates_at(y, p, specificity_threshold(y, p, SPECIFICITY_TARGET))["sensitivity"]
+
+
+def _mean_scored(hits: np.ndarray) -> float:
+    """The mean over the films a map was scored on (NaN: not scored); NaN when none was."""
+    scored = hits[~np.isnan(hits)]
+    return float(scored.mean()) if len(scored) else float("nan")
+
+
+IMAGE_METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], str]] = {
+    "roc_auc": (roc_auc, HIGHER),
+    "pr_auc": (average_precision, HIGHER),
+    f"specificity_at_sensitivity_{SENSITIVITY_TARGET:g}": (_spec_at_sens, HIGHER),
+    f"sensitivity_at_specificity_{SPECIFICITY_TARGET:g}": (_sens_at_spec, HIGHER),
+    "ece": (lambda y, p: expected_calibration_error(p, y), LOWER),
+    "brier": (lambda y, p: float(np.mean((p - y) ** 2)), LOWER),
+}
+
+
+def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[Callable[[np.ndarray], tuple[float, float]], str]]:
+    """Each compared metric: a function of resampled film indices → (A's value, B's value), and its direction."""
+    y = np.array([a.y[f] for f in films])
+    pa, pb = np.array([a.probability[f] for f in films]), np.array([b.probability[f] for f in films])
+    out: dict[str, Any] = {}
+    for name, (fn, way) in IMAGE_METRICS.items():
+        out[name] = ((lambda ix, fn=fn: (fn(y[ix], pa[ix]), fn(y[ix], pb[ix]))), way)
+    for method in sorted(set(a.pointing) & set(b.pointing)):
+        ha = np.array([a.pointing[method].get(f, np.nan) for f in films])
+        hb = np.array([b.pointing[method].get(f, np.nan) for f in films])
+        if not np.array_equal(np.isnan(ha), np.isnan(hb)):
+            log.warning("pointing game of %s: the two evaluations scored different films; left out", method)
+            continue
+        if np.array_equal(ha, hb, equal_nan=True):
+            log.info("pointing game of %s: the same on every film in both (a baseline); left out", method)
+            continue
+        if not np.isnan(ha).all():
+            out[f"pointing_game[{method}]"] = ((lambda ix, ha=ha, hb=hb: (_mean_scored(ha[ix]), _mean_scored(hb[ix]))),
+                                               HIGHER)
+    scored = [f for f in films if f in a.true_boxes and f in b.true_boxes]
+    if scored and len(scored) != len(films):
+        log.info("box scores over the %d of %d films both evaluations scored for boxes", len(scored), len(films))
+    position = {f: i for i, f in enumerate(films)}
+    for source in sorted(set(a.boxes) & set(b.boxes)):
+        truths = [a.true_boxes[f] for f in scored]
+        ma = film_matches([a.boxes[source].get(f, []) for f in scored], truths)
+        mb = film_matches([b.boxes[source].get(f, []) for f in scored], truths)
+        slot = np.full(len(films), -1)
+        slot[[position[f] for f in scored]] = np.arange(len(scored))
+        for j, key in enumerate(("map50", "sensitivity_at_1fp")):
+            out[f"box_{key}[{source}]"] = ((lambda ix, j=j, ma=ma, mb=mb, slot=slot: (
+                pooled_scores(ma, slot[ix][slot[ix] >= 0])[j], pooled_scores(mb, slot[ix][slot[ix] >= 0])[j])), HIGHER)
+    return out
+
+
+def compare_evaluations(a: Evaluation, b: Evaluation, n_resamples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any]:
+    """Every metric both evaluations allow: A, B, B − A with its paired percentile interval, and
+    which is better when the interval excludes 0 (``"A"``, ``"B"`` or ``"neither"``)."""
+    films = _same_films(a, b)
+    y = np.array([a.y[f] for f in films])
+    if len(np.unique(y)) < 2:
+        raise FracdetError(f"{a.folder}: comparing needs fractured and normal films; these are all one class")
+    scorers = _scorers(a, b, films)
+    everyone = np.arange(len(films))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in scorers}
+    for _ in range(int(n_resamples)):
+        ix = stratified_resample(rng, pos, neg)
+        for k, (fn, _way) in scorers.items():
+            va, vb = fn(ix)
+            draws[k].append(vb - va)
+    rows = {}
+    for k, (fn, way) in scorers.items():
+        va, vb = fn(everyone)
+        ci = percentile_interval(float(vb - va), draws[k], level, n_resamples)
+        better = "neither"
+        if ci["low"] > 0 or ci["high"] < 0:
+            b_up = ci["low"] > 0
+            better = "B" if b_up == (way == HIGHER) else "A"
+        rows[k] = {"a": float(va), "b": float(vb), "difference": ci, "better": better, "direction": way}
+    return {"a": str(a.folder), "b": str(b.folder), "n_films": len(films), "fractured": int(y.sum()),
+            "n_resamples": int(n_resamples), "seed": seed, "level": level, "metrics": rows}
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`compare_evaluations`."""
+    lines = [f"A: {result['a']}", f"B: {result['b']}",
+             f"{result['n_films']} films ({result['fractured']} fractured); paired bootstrap, "
+             f"{result['n_resamples']} resamples, {100 * result['level']:.0f}% intervals of B − A",
+             f"{'metric':<44} {'A':>7} {'B':>7} {'B − A':>7} {'interval':>18}  better"]
+    for k, r in result["metrics"].items():
+        d = r["difference"]
+        lines.append(f"{k:<44} {r['a']:>7.3f} {r['b']:>7.3f} {d['estimate']:>+7.3f} "
+                     f"{'[' + format(d['low'], '+.3f') + ', ' + format(d['high'], '+.3f') + ']':>18}  "
+                     f"{r['better'] if r['better'] != 'neither' else '— (interval holds 0)'}")
+    lines.append("(ece and brier: lower is better; every other metric: higher)")
+    return "\n".join(lines)
+
+
+def compare_folders(a: str | Path, b: str | Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`compare_evaluations` of two evaluation folders."""
+    return compare_evaluations(read_evaluation(a), read_evaluation(b), n_resamples, seed)
+
+
+__all__: Sequence[str] = ["Evaluation", "compare_evaluations", "compare_folders", "format_comparison", "read_evaluation"]
