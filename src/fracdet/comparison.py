@@ -153,7 +153,7 @@ def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[
             log.warning("pointing game of %s: the two evaluations scored different films; left out", method)
             continue
         if np.array_equal(ha, hb, equal_nan=True):
-            log.info("pointing game of %s: the same on every film in both (a baseline); left out", method)
+            log.info("pointing game of %s: the same on every film in both (a baseline, or a shared backbone); left out", method)
             continue
         if not np.isnan(ha).all():
             out[f"pointing_game[{method}]"] = ((lambda ix, ha=ha, hb=hb: (_mean_scored(ha[ix]), _mean_scored(hb[ix]))),
