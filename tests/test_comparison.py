@@ -102,6 +102,21 @@ def test_two_noisy_copies_of_one_model_are_not_told_apart(tmp_path):
     assert not any(k.startswith(("pointing", "box")) for k in r["metrics"])  # neither has localisation
 
 
+def test_the_same_films_under_another_data_path_are_matched_by_file_name(tmp_path):
+    rng = np.random.default_rng(6)
+    prob = _probabilities(rng, 1.0)
+    names, y = _films()
+    a = write_eval(tmp_path / "a", prob, hits=np.ones(N_POS), boxes_ok=np.ones(N_POS + N_NEG, bool))
+    moved = ["/elsewhere/" + n for n in names]
+    b = write_eval(tmp_path / "b", prob, hits=np.ones(N_POS), boxes_ok=np.ones(N_POS + N_NEG, bool), films=moved)
+    r = compare_folders(a, b, n_resamples=50)
+    assert r["n_films"] == N_POS + N_NEG and r["metrics"]["box_map50[model]"]["difference"]["estimate"] == 0.0
+    clash = [f"x{i % 2}/same.jpg" if i < 2 else n for i, n in enumerate(moved)]  # two films share a name
+    c = write_eval(tmp_path / "c", prob, films=clash)
+    with pytest.raises(FracdetError, match="different films"):
+        compare_folders(a, c)
+
+
 def test_evaluations_of_different_films_or_labels_are_refused(tmp_path):
     rng = np.random.default_rng(3)
     prob = _probabilities(rng, 1.0)

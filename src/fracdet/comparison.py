@@ -101,6 +101,19 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     return ev
 
 
+def by_file_name(ev: Evaluation) -> Evaluation | None:
+    """``ev`` keyed by file name instead of path (None when two of its films share a name)."""
+    names = {k: Path(k).name for k in ev.y}
+    if len(set(names.values())) != len(names):
+        return None
+
+    def rekey(d: dict[str, Any]) -> dict[str, Any]:
+        return {names.get(k, Path(k).name): v for k, v in d.items()}
+
+    return Evaluation(ev.folder, rekey(ev.y), rekey(ev.probability), {m: rekey(d) for m, d in ev.pointing.items()},
+                      {s: rekey(d) for s, d in ev.boxes.items()}, rekey(ev.true_boxes))
+
+
 def _same_films(a: Evaluation, b: Evaluation) -> list[str]:
     """The films both scored, refusing two evaluations of different films or labels."""
     if set(a.y) != set(b.y):
@@ -178,6 +191,11 @@ def compare_evaluations(a: Evaluation, b: Evaluation, n_resamples: int = 1000, s
                         level: float = 0.95) -> dict[str, Any]:
     """Every metric both evaluations allow: A, B, B − A with its paired percentile interval, and
     which is better when the interval excludes 0 (``"A"``, ``"B"`` or ``"neither"``)."""
+    if set(a.y) != set(b.y):  # the same films under another data path (another folder, machine or cwd)?
+        na, nb = by_file_name(a), by_file_name(b)
+        if na is not None and nb is not None and set(na.y) == set(nb.y):
+            log.info("the two evaluations name their films by different paths: matched by file name")
+            a, b = na, nb
     films = _same_films(a, b)
     y = np.array([a.y[f] for f in films])
     if len(np.unique(y)) < 2:
