@@ -130,6 +130,14 @@ def test_evaluations_of_different_films_or_labels_are_refused(tmp_path):
     c = write_eval(tmp_path / "c", prob, labels=flipped)
     with pytest.raises(FracdetError, match="disagree on the label"):
         compare_folders(a, c)
+    d = write_eval(tmp_path / "d", prob, hits=np.ones(N_POS), boxes_ok=np.ones(N_POS + N_NEG, bool))
+    e = write_eval(tmp_path / "e", prob, hits=np.ones(N_POS), boxes_ok=np.ones(N_POS + N_NEG, bool))
+    det = e / "localisation" / "detections.json"
+    doc = json.loads(det.read_text())
+    doc["films"][0]["true"] = [[0.0, 0.0, 5.0, 5.0]]  # another box file
+    det.write_text(json.dumps(doc))
+    with pytest.raises(FracdetError, match="different true boxes"):
+        compare_folders(d, e)
 
 
 def test_unreadable_folders_give_one_line(tmp_path, capsys):

@@ -174,6 +174,10 @@ def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[
     scored = [f for f in films if f in a.true_boxes and f in b.true_boxes]
     if scored and len(scored) != len(films):
         log.info("box scores over the %d of %d films both evaluations scored for boxes", len(scored), len(films))
+    differ = [f for f in scored if a.true_boxes[f] != b.true_boxes[f]]
+    if differ:
+        raise FracdetError(f"{a.folder} and {b.folder} were scored against different true boxes "
+                           f"({len(differ)} film(s), e.g. {differ[0]}): evaluate both with the same --boxes file")
     position = {f: i for i, f in enumerate(films)}
     for source in sorted(set(a.boxes) & set(b.boxes)):
         truths = [a.true_boxes[f] for f in scored]
