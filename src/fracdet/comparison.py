@@ -152,13 +152,28 @@ IMAGE_METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], str]] 
 }
 
 
-def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[Callable[[np.ndarray], tuple[float, float]], str]]:
-    """Each compared metric: a function of resampled film indices → (A's value, B's value), and its direction."""
+Scorer = Callable[[np.ndarray], dict[str, tuple[float, float]]]
+"""Resampled film indices → {metric: (A's value, B's value)}."""
+
+
+def _box_scorer(source: str, ma: list[Any], mb: list[Any], slot: np.ndarray) -> Scorer:
+    """Box mAP50 and sensitivity at 1 FP/film of one source, each model pooled once per resample
+    (``slot``: a film's index among the films scored for boxes, −1 for the others)."""
+    def score(ix: np.ndarray) -> dict[str, tuple[float, float]]:
+        chosen = slot[ix][slot[ix] >= 0]
+        (ap_a, sens_a), (ap_b, sens_b) = pooled_scores(ma, chosen), pooled_scores(mb, chosen)
+        return {f"box_map50[{source}]": (ap_a, ap_b), f"box_sensitivity_at_1fp[{source}]": (sens_a, sens_b)}
+
+    return score
+
+
+def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> tuple[list[Scorer], dict[str, str]]:
+    """The scorers of every metric both evaluations allow, and each metric's direction (in report order)."""
     y = np.array([a.y[f] for f in films])
     pa, pb = np.array([a.probability[f] for f in films]), np.array([b.probability[f] for f in films])
-    out: dict[str, Any] = {}
-    for name, (fn, way) in IMAGE_METRICS.items():
-        out[name] = ((lambda ix, fn=fn: (fn(y[ix], pa[ix]), fn(y[ix], pb[ix]))), way)
+    scorers: list[Scorer] = [lambda ix: {name: (fn(y[ix], pa[ix]), fn(y[ix], pb[ix]))
+                                         for name, (fn, _way) in IMAGE_METRICS.items()}]
+    direction = {name: way for name, (_fn, way) in IMAGE_METRICS.items()}
     for method in sorted(set(a.pointing) & set(b.pointing)):
         ha = np.array([a.pointing[method].get(f, np.nan) for f in films])
         hb = np.array([b.pointing[method].get(f, np.nan) for f in films])
@@ -169,8 +184,9 @@ def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[
             log.info("pointing game of %s: the same on every film in both (a baseline, or a shared backbone); left out", method)
             continue
         if not np.isnan(ha).all():
-            out[f"pointing_game[{method}]"] = ((lambda ix, ha=ha, hb=hb: (_mean_scored(ha[ix]), _mean_scored(hb[ix]))),
-                                               HIGHER)
+            name = f"pointing_game[{method}]"
+            scorers.append(lambda ix, name=name, ha=ha, hb=hb: {name: (_mean_scored(ha[ix]), _mean_scored(hb[ix]))})
+            direction[name] = HIGHER
     scored = [f for f in films if f in a.true_boxes and f in b.true_boxes]
     if scored and len(scored) != len(films):
         log.info("box scores over the %d of %d films both evaluations scored for boxes", len(scored), len(films))
@@ -179,15 +195,21 @@ def _scorers(a: Evaluation, b: Evaluation, films: list[str]) -> dict[str, tuple[
         raise FracdetError(f"{a.folder} and {b.folder} were scored against different true boxes "
                            f"({len(differ)} film(s), e.g. {differ[0]}): evaluate both with the same --boxes file")
     position = {f: i for i, f in enumerate(films)}
+    slot = np.full(len(films), -1)
+    slot[[position[f] for f in scored]] = np.arange(len(scored))
+    truths = [a.true_boxes[f] for f in scored]
     for source in sorted(set(a.boxes) & set(b.boxes)):
-        truths = [a.true_boxes[f] for f in scored]
         ma = film_matches([a.boxes[source].get(f, []) for f in scored], truths)
         mb = film_matches([b.boxes[source].get(f, []) for f in scored], truths)
-        slot = np.full(len(films), -1)
-        slot[[position[f] for f in scored]] = np.arange(len(scored))
-        for j, key in enumerate(("map50", "sensitivity_at_1fp")):
-            out[f"box_{key}[{source}]"] = ((lambda ix, j=j, ma=ma, mb=mb, slot=slot: (
-                pooled_scores(ma, slot[ix][slot[ix] >= 0])[j], pooled_scores(mb, slot[ix][slot[ix] >= 0])[j])), HIGHER)
+        scorers.append(_box_scorer(source, ma, mb, slot))
+        direction.update({f"box_map50[{source}]": HIGHER, f"box_sensitivity_at_1fp[{source}]": HIGHER})
+    return scorers, direction
+
+
+def _score(scorers: Sequence[Scorer], ix: np.ndarray) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for scorer in scorers:
+        out.update(scorer(ix))
     return out
 
 
@@ -204,19 +226,17 @@ def compare_evaluations(a: Evaluation, b: Evaluation, n_resamples: int = 1000, s
     y = np.array([a.y[f] for f in films])
     if len(np.unique(y)) < 2:
         raise FracdetError(f"{a.folder}: comparing needs fractured and normal films; these are all one class")
-    scorers = _scorers(a, b, films)
-    everyone = np.arange(len(films))
+    scorers, direction = _scorers(a, b, films)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in scorers}
+    draws: dict[str, list[float]] = {k: [] for k in direction}
     for _ in range(int(n_resamples)):
-        ix = stratified_resample(rng, pos, neg)
-        for k, (fn, _way) in scorers.items():
-            va, vb = fn(ix)
+        for k, (va, vb) in _score(scorers, stratified_resample(rng, pos, neg)).items():
             draws[k].append(vb - va)
+    full = _score(scorers, np.arange(len(films)))
     rows = {}
-    for k, (fn, way) in scorers.items():
-        va, vb = fn(everyone)
+    for k, way in direction.items():
+        va, vb = full[k]
         ci = percentile_interval(float(vb - va), draws[k], level, n_resamples)
         better = "neither"
         if ci["low"] > 0 or ci["high"] < 0:
