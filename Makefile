@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate e2e-512-candidate clean
+.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate e2e-512-candidate e2e-lite2-candidate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -111,6 +111,22 @@ e2e-512-candidate: $(STAMP)
 	$(BIN)/python scripts/boxhead_fit.py --cache $(E512)/cache.npz --base $(E512)/chosen.fracdet --stride 8 --width 64 \
 		--epochs 12 --seed 0 --threads 2 --save $(E512)/boxes-seed0.fracdet
 	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E512)/boxes-seed0.fracdet --split val --out $(E512)/calibrated-G.fracdet
+
+# Runs I and I′ (docs/experiments.md, session 12): EfficientNet-Lite2 from ImageNet at 384 px with run D′'s
+# recipe, α on validation (run I: chosen.fracdet, calibrated.fracdet); then a box head refitted on its cached
+# maps, seed 0, and Platt (run I′: calibrated-boxes.fracdet). ~90 min on 2 cores
+ELITE2 := runs/e2e-384-lite2
+e2e-lite2-candidate: $(STAMP)
+	mkdir -p runs
+	$(BIN)/fracdet train ../shared/data/fracatlas --model efficientnet_lite2 --input-size 384 --map-weight 1 \
+		--map-fuse 0 --box-weight 0.5 --box-stride 8 --epochs1 1 --epochs2 6 --patience 2 --no-int8 --no-progress \
+		--out $(ELITE2)
+	$(BIN)/python scripts/choose_fuse.py $(ELITE2)/model.fracdet --data ../shared/data/fracatlas --out $(ELITE2)/chosen.fracdet
+	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(ELITE2)/chosen.fracdet --split val --out $(ELITE2)/calibrated.fracdet
+	$(BIN)/python scripts/maphead_cache.py --size 384 --model $(ELITE2)/chosen.fracdet --flip --fine --out $(ELITE2)/cache.npz
+	$(BIN)/python scripts/boxhead_fit.py --cache $(ELITE2)/cache.npz --base $(ELITE2)/chosen.fracdet --stride 8 --width 64 \
+		--epochs 12 --seed 0 --threads 2 --save $(ELITE2)/boxes-seed0.fracdet
+	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(ELITE2)/boxes-seed0.fracdet --split val --out $(ELITE2)/calibrated-boxes.fracdet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
