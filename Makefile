@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate e2e-512-candidate e2e-lite2-candidate clean
+.PHONY: demo test test-fast lint install bench default-model boxhead-model previous-default-model maphead-candidate e2e-candidate e2e-box-candidate e2e-512-candidate e2e-lite2-candidate e2e-448-lite2-candidate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -127,6 +127,20 @@ e2e-lite2-candidate: $(STAMP)
 	$(BIN)/python scripts/boxhead_fit.py --cache $(ELITE2)/cache.npz --base $(ELITE2)/chosen.fracdet --stride 8 --width 64 \
 		--epochs 12 --seed 0 --threads 2 --save $(ELITE2)/boxes-seed0.fracdet
 	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(ELITE2)/boxes-seed0.fracdet --split val --out $(ELITE2)/calibrated-boxes.fracdet
+
+# Runs J and J′ (docs/experiments.md, session 13): run I's Lite2 backbone trained on end to end at 448 px (the
+# films' native size) with a cosine learning rate, α on validation (run J: chosen.fracdet); then a box head
+# refitted on its cached 448 px maps, seed 0, and Platt (run J′: calibrated-boxes.fracdet)
+E448 := runs/e2e-448-lite2
+e2e-448-lite2-candidate: e2e-lite2-candidate
+	$(BIN)/fracdet train ../shared/data/fracatlas --model efficientnet_lite2 --weights $(ELITE2)/model.fracdet \
+		--input-size 448 --map-weight 1 --map-fuse 0 --box-weight 0.5 --box-stride 8 --scheduler cosine \
+		--epochs1 1 --epochs2 4 --patience 2 --no-int8 --no-progress --out $(E448)
+	$(BIN)/python scripts/choose_fuse.py $(E448)/model.fracdet --data ../shared/data/fracatlas --out $(E448)/chosen.fracdet
+	$(BIN)/python scripts/maphead_cache.py --size 448 --model $(E448)/chosen.fracdet --flip --fine --out $(E448)/cache.npz
+	$(BIN)/python scripts/boxhead_fit.py --cache $(E448)/cache.npz --base $(E448)/chosen.fracdet --stride 8 --width 64 \
+		--epochs 12 --seed 0 --threads 2 --save $(E448)/boxes-seed0.fracdet
+	$(BIN)/fracdet calibrate ../shared/data/fracatlas --model $(E448)/boxes-seed0.fracdet --split val --out $(E448)/calibrated-boxes.fracdet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
