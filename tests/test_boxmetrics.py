@@ -100,3 +100,14 @@ def test_detection_interval_resamples_films_and_holds_the_estimate():
     perfect = detection_ci([[(10, 10, 30, 30, 0.9)]] * 5 + [[]] * 5, [[(10, 10, 30, 30)]] * 5 + [[]] * 5, n_resamples=50)
     assert perfect["map50"]["low"] == perfect["map50"]["high"] == 1.0
     assert "ci" not in detection_summary(preds, truths)  # off unless asked
+
+
+def test_ap_over_fractured_films_alone_leaves_normal_films_false_boxes_out():
+    truths = [[(0, 0, 10, 10)], [(0, 0, 10, 10)], []]
+    # a hit and a miss on the fractured films; a normal film's false box outscores both
+    preds = [[(0, 0, 10, 10, 0.8)], [(50, 50, 60, 60, 0.7)], [(0, 0, 10, 10, 0.9)]]
+    summ = detection_summary(preds, truths)
+    assert summ["map50"] == pytest.approx(51 * 0.5 / 101)  # precision 1/2 up to recall 0.5
+    assert summ["map50_boxed"] == pytest.approx(51 / 101)  # precision 1 up to recall 0.5
+    assert summ["n_films"] == 3 and summ["n_true_boxes"] == 2
+    assert detection_summary(preds[:2], truths[:2])["map50"] == pytest.approx(summ["map50_boxed"])

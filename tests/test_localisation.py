@@ -196,7 +196,7 @@ def test_box_detection_over_fractured_and_normal_films(tmp_path):
     assert set(det) == {"gradcam", "model"} and det["gradcam"]["n_films"] == 5 and det["gradcam"]["n_true_boxes"] == 2
     # the model's boxes: both true boxes ranked first, then 5 false ones (one per film) → AP 1, sens@1FP 1
     assert det["model"]["map50"] == pytest.approx(1.0) and det["model"]["sensitivity_at_1fp"] == 1.0
-    assert det["model"]["n_predicted_boxes"] == 7
+    assert det["model"]["n_predicted_boxes"] == 7 and det["model"]["map50_boxed"] == pytest.approx(1.0)
     assert det["model"]["ci"]["map50"]["low"] == det["model"]["ci"]["map50"]["high"] == 1.0  # every resample: perfect
     centre = s["detection_baselines"]["centre"]
     assert centre["n_predicted_boxes"] == 5 and 0.0 <= centre["map50"] <= 1.0
@@ -204,8 +204,9 @@ def test_box_detection_over_fractured_and_normal_films(tmp_path):
     assert centre["sensitivity_at_1fp"] <= 0.5
     text = format_localisation(s)
     assert "mAP50" in text and "[centre]" in text and "model" in text and "[1.000, 1.000]" in text
+    assert "fx only" in text
     frag = localisation_html(s, tmp_path / "none")
-    assert "box mAP50" in frag and "baseline: centre" in frag
+    assert "box mAP50" in frag and "baseline: centre" in frag and "fractured films only" in frag
 
 
 def test_the_model_card_gives_box_scores_with_their_interval_when_the_evaluation_has_one():
