@@ -117,13 +117,12 @@ def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold
     and tested on fractured films only, such as FracAtlas' YOLOv8 baseline), and the AP at each
     looser IoU of ``also_at`` (``map25``: a box in the right place, drawn the wrong size, counts
     there); with ``n_resamples`` > 0 also ``ci``: :func:`detection_ci` of the mAP and the sensitivity."""
-    scores, hits, n_true = match_boxes(preds, truths, iou_threshold)
+    per_film = film_matches(preds, truths, iou_threshold)
+    scores, hits, n_true = _pooled(per_film, range(len(per_film)))
     sens, thr = sensitivity_at_fp(scores, hits, n_true, len(preds), 1.0)
-    boxed = [i for i, t in enumerate(truths) if len(t)]
     out: dict[str, Any] = {
         _ap_key(iou_threshold): average_precision(scores, hits, n_true),
-        f"{_ap_key(iou_threshold)}_boxed": average_precision(
-            *match_boxes([preds[i] for i in boxed], [truths[i] for i in boxed], iou_threshold)[:2], n_true),
+        f"{_ap_key(iou_threshold)}_boxed": pooled_scores(per_film, boxed_and_normal(per_film)[0])[0],
         "sensitivity_at_1fp": sens, "score_threshold_at_1fp": thr,
         "froc": {str(r): sensitivity_at_fp(scores, hits, n_true, len(preds), r)[0] for r in rates},
         "n_films": len(preds), "n_true_boxes": int(n_true), "n_predicted_boxes": int(len(scores)),
@@ -133,7 +132,7 @@ def detection_summary(preds: Sequence[Any], truths: Sequence[Any], iou_threshold
         if t != iou_threshold:
             out[_ap_key(t)] = average_precision(*match_boxes(preds, truths, t))
     if n_resamples > 0:
-        out["ci"] = detection_ci(preds, truths, iou_threshold, n_resamples, seed)
+        out["ci"] = _film_intervals(per_film, iou_threshold, n_resamples, seed)
     return out
 
 
@@ -149,14 +148,19 @@ def film_matches(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: flo
     return [match_boxes([p], [t], iou_threshold) for p, t in zip(preds, truths)]
 
 
-def pooled_scores(per_film: Sequence[FilmMatches], films: Sequence[int]) -> tuple[float, float]:
-    """AP and sensitivity at 1 FP box per film over the ``films`` (indices into ``per_film``,
-    repeats allowed: a bootstrap resample)."""
+def _pooled(per_film: Sequence[FilmMatches], films: Sequence[int]) -> FilmMatches:
+    """The ``films``' matches as one: their boxes' scores and flags in film order, their true boxes."""
     chosen = [per_film[i] for i in films]
     s = np.concatenate([c[0] for c in chosen]) if chosen else np.zeros(0)
     h = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, bool)
-    n = sum(c[2] for c in chosen)
-    return average_precision(s, h, n), sensitivity_at_fp(s, h, n, len(chosen), 1.0)[0]
+    return s, h, sum(c[2] for c in chosen)
+
+
+def pooled_scores(per_film: Sequence[FilmMatches], films: Sequence[int]) -> tuple[float, float]:
+    """AP and sensitivity at 1 FP box per film over the ``films`` (indices into ``per_film``,
+    repeats allowed: a bootstrap resample)."""
+    s, h, n = _pooled(per_film, films)
+    return average_precision(s, h, n), sensitivity_at_fp(s, h, n, len(films), 1.0)[0]
 
 
 def boxed_and_normal(per_film: Sequence[FilmMatches]) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +176,12 @@ def detection_ci(preds: Sequence[Any], truths: Sequence[Any], iou_threshold: flo
     films resampled with replacement (films with true boxes and films without drawn separately,
     keeping their counts; a film's boxes are matched once, within the film, so resampling films
     is exact).  Seeded: the same inputs give the same interval."""
-    per_film = film_matches(preds, truths, iou_threshold)
+    return _film_intervals(film_matches(preds, truths, iou_threshold), iou_threshold, n_resamples, seed, level)
+
+
+def _film_intervals(per_film: Sequence[FilmMatches], iou_threshold: float, n_resamples: int, seed: int,
+                    level: float = 0.95) -> dict[str, dict[str, float]]:
+    """:func:`detection_ci` of films already matched (:func:`film_matches`)."""
     boxed, normal = boxed_and_normal(per_film)
     rng = np.random.default_rng(seed)
     draws = np.array([pooled_scores(per_film, stratified_resample(rng, boxed, normal))
