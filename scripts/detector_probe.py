@@ -55,6 +55,7 @@ def main() -> int:
     from fracdet.data.augment import build_train_transforms
     from fracdet.data.boxtargets import make_box_loader
     from fracdet.data.layouts import load_dataset
+    from fracdet.data.selection import select_samples
     from fracdet.localisation import load_coco_boxes
     from fracdet.models.maploss import centre_loss
     from fracdet.transforms import AugmentConfig, ModelTransform, PreprocessSpec
@@ -69,24 +70,22 @@ def main() -> int:
     spec = PreprocessSpec.from_dict(art.preprocess.to_dict())
     size, stride = int(spec.input_size), int(art.model_config["box_stride"])
     boxes = load_coco_boxes(Path(a.data) / "annotations/fracture_boxes_coco.json")
-    root = Path(a.data).resolve()
-    split = {}
-    samples = load_dataset(a.data).samples
-    for s in samples:
-        split[id(s)] = recorded.get(str(Path(s.path).resolve().relative_to(root)))
-    boxed = [s for s in samples if split[id(s)] == "train" and s.label and boxes.get(Path(str(s.path)).name)]
-    normal = [s for s in samples if split[id(s)] == "train" and not s.label]
+    ds = load_dataset(a.data)
+    training, _ = select_samples(ds, "train", art.training, art.data, recorded)
+    val, where = select_samples(ds, "val", art.training, art.data, recorded)
+    log.info("validation films: %s", where)
+    boxed = [s for s in training if s.label and boxes.get(Path(str(s.path)).name)]
+    normal = [s for s in training if not s.label]
     rng = np.random.default_rng(a.seed)
     picked = rng.choice(len(normal), size=min(len(normal), round(a.normals * len(boxed))), replace=False)
     train = boxed + [normal[i] for i in sorted(picked)]
-    val = [s for s in samples if split[id(s)] == "val"]
     log.info("%s at %d px: %d training films (%d with boxes, %d normal), %d validation films", a.model, size,
              len(train), len(boxed), len(train) - len(boxed), len(val))
 
     loader = make_box_loader(train, build_train_transforms(spec, AugmentConfig()), boxes, a.batch_size,
                              a.num_workers, seed=a.seed, box_grid=(size // stride,) * 2)
     xs, hws, truths = _validation_inputs(val, ModelTransform(spec), boxes, size)
-    params = [{"params": [p for p in model.backbone.parameters()], "lr": a.backbone_lr},
+    params = [{"params": list(model.backbone.parameters()), "lr": a.backbone_lr},
               {"params": list(model.box_head.parameters()), "lr": a.head_lr}]
     opt = torch.optim.AdamW(params, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs)
@@ -122,6 +121,7 @@ def main() -> int:
 def _validation_inputs(val: list, tf: object, boxes: dict, size: int) -> tuple[torch.Tensor, list, list]:
     """The validation films as model inputs, their (H, W) and their true boxes (corners)."""
     from fracdet.boxmetrics import xywh_to_corners
+    from fracdet.fracturemap import original_hw
     from fracdet.io.images import read_image
 
     xs, hws, truths = [], [], []
@@ -130,8 +130,7 @@ def _validation_inputs(val: list, tf: object, boxes: dict, size: int) -> tuple[t
             warnings.simplefilter("ignore")
             xray = read_image(s.path, min_size=size)
         xs.append(torch.from_numpy(np.asarray(tf(xray.pixels))))  # type: ignore[operator]
-        osz = xray.meta.get("original_size")
-        hws.append((int(osz[1]), int(osz[0])) if osz else tuple(int(v) for v in xray.pixels.shape[:2]))
+        hws.append(original_hw(xray.pixels, xray.meta))
         truths.append(xywh_to_corners(boxes.get(Path(str(s.path)).name) or []) if s.label else [])
     return torch.stack(xs), hws, truths
 

@@ -64,6 +64,7 @@ def main() -> int:
 
     from fracdet.artifact import load_artifact
     from fracdet.data.layouts import load_dataset
+    from fracdet.fracturemap import original_hw
     from fracdet.io.images import read_image
     from fracdet.transforms import ModelTransform, PreprocessSpec
 
@@ -103,8 +104,7 @@ def main() -> int:
                     continue
             pix = xray.pixels[:, ::-1] if flip else xray.pixels
             xs.append(tf(np.ascontiguousarray(pix)))
-            osz = xray.meta.get("original_size")
-            hw = (int(osz[1]), int(osz[0])) if osz else tuple(int(v) for v in xray.pixels.shape[:2])
+            hw = original_hw(xray.pixels, xray.meta)
             kept.append((rel, split, int(s.label), hw, flip))
         if not xs:
             continue
